@@ -1,0 +1,1 @@
+"""Class tables, synthetic scenes and samplers over scene stores."""

@@ -1,0 +1,1 @@
+"""Scene stores (OME-NGFF zarr) and raster conversion. Knows nothing about torch."""
