@@ -80,17 +80,31 @@ def write_blockwise(
         target[region] = data
         ledger.mark(ij)
 
-    bar = tqdm(total=len(done.ravel()), initial=len(done.ravel()) - len(todo), desc=desc, unit="block",
-               disable=not progress, leave=False)
+    run_threaded(todo, write, desc, progress, total=done.size, workers=workers)
+    ledger.remove()
+
+
+def run_threaded(items, fn, desc: str, progress: bool = True, total: int | None = None,
+                 workers: int | None = None) -> list:
+    """Apply ``fn`` to each item in a small thread pool with a progress bar; results in order.
+
+    At most two tasks per worker are in flight, so memory stays bounded and an interrupt
+    stops between blocks. Each block's dask graph is computed synchronously in its thread.
+    """
+    items = list(items)
+    total = len(items) if total is None else total
     workers = workers or min(4, os.cpu_count() or 1)
-    # Blocks run in our own threads, each computing its small graph synchronously: the pool
-    # bounds memory and lets an interrupt stop between blocks.
-    with dask.config.set(scheduler="sync"), ThreadPoolExecutor(workers) as pool:
-        pending: set = set()
-        queue = iter(todo)
+    results: list = [None] * len(items)
+    bar = tqdm(total=total, initial=total - len(items), desc=desc, unit="block", disable=not progress, leave=False)
+
+    def call(i):
+        with dask.config.set(scheduler="sync"):
+            results[i] = fn(items[i])
+
+    with ThreadPoolExecutor(workers) as pool:
+        queue = iter(range(len(items)))
+        pending = {pool.submit(call, i) for i in itertools.islice(queue, workers * 2)}
         try:
-            for ij in itertools.islice(queue, workers * 2):
-                pending.add(pool.submit(write, ij))
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
@@ -98,11 +112,17 @@ def write_blockwise(
                     bar.update(1)
                     nxt = next(queue, None)
                     if nxt is not None:
-                        pending.add(pool.submit(write, nxt))
+                        pending.add(pool.submit(call, nxt))
         except BaseException:
             for f in pending:
                 f.cancel()
             raise
         finally:
             bar.close()
-    ledger.remove()
+    return results
+
+
+def map_blocks_collect(arr: da.Array, fn, desc: str, progress: bool = True) -> list:
+    """``fn`` of every block of a lazy array (e.g. counts, unique values), one block at a time."""
+    blocks = arr.to_delayed(optimize_graph=True).ravel()
+    return run_threaded(blocks, lambda d: fn(d.compute(scheduler="sync")), desc, progress)

@@ -1,0 +1,137 @@
+"""The `elegantviz` command. Each subcommand imports its machinery only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from elegantviz import __version__
+from elegantviz.errors import ElegantvizError
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from elegantviz.io.convert import convert_raster
+    from elegantviz.io.info import format_info, scene_info
+
+    sources = ([args.src] if args.src else []) + (args.band or [])
+    if not sources:
+        raise ElegantvizError("convert: give a raster SRC or one --band FILE per band")
+    result = convert_raster(
+        sources,
+        args.out,
+        bands=args.bands,
+        band_names=args.band_names.split(",") if args.band_names else None,
+        mask=args.mask,
+        classes=args.classes,
+        strict=args.strict,
+        nodata=args.nodata,
+        tile=args.chunk,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if result.mask:
+        m = result.mask
+        print(f"mask {m.path}: {m.unknown_pixels:,d} pixels outside the class table"
+              + (f" (values {m.unknown_values})" if m.unknown_values else "")
+              + f", {m.nodata_pixels:,d} nodata/ignored pixels; both stored as ignore (255)")
+    print(format_info(scene_info(result.scene, histograms=False, progress=False)))
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from elegantviz.data.synthetic import synthesize_riverworld
+
+    result = synthesize_riverworld(args.out, height=args.size, width=args.width, seed=args.seed, tile=args.chunk,
+                                   overwrite=args.overwrite, progress=not args.quiet)
+    if isinstance(result, tuple):
+        print(f"wrote {result[0]} and its mask {result[1]}")
+    else:
+        print(f"wrote scene store {result.url}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from elegantviz.io.info import format_info, scene_info
+    from elegantviz.io.store import open_scene
+
+    scene = open_scene(args.scene, allow_incomplete=True)
+    info = scene_info(scene, histograms=not args.no_histogram, progress=not args.quiet)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+
+
+def _models(args: argparse.Namespace) -> None:
+    from elegantviz.models.registry import print_models
+
+    print_models(args)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from elegantviz.demo import run_demo
+
+    run_demo(Path(args.workdir), size=args.size, progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elegantviz", description=__doc__)
+    p.add_argument("--version", action="version", version=f"elegantviz {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        sp.set_defaults(func=fn)
+        return sp
+
+    c = add("convert", _convert, "convert a GeoTIFF/PNG (or stacked single-band files) into a scene store")
+    c.add_argument("src", nargs="?", help="raster file (GeoTIFF, COG, PNG, JPEG, any GDAL format)")
+    c.add_argument("out", help="output scene store, e.g. scene.zarr (or an fsspec URL)")
+    c.add_argument("--band", action="append", metavar="FILE", help="stack single-band files in this order (repeat)")
+    c.add_argument("--bands", metavar="LIST", help="pick and reorder bands, 1-based, e.g. 3,2,1,4")
+    c.add_argument("--band-names", metavar="NAMES", help="comma-separated band names, e.g. R,G,B,NIR")
+    c.add_argument("--mask", metavar="FILE", help="class mask raster, stored as labels/gt")
+    c.add_argument("--classes", metavar="TABLE",
+                   help="class table for the mask: fbp, deepglobe, inria, loveda, riverworld or a JSON file "
+                        "(default: each distinct mask value is a class)")
+    c.add_argument("--strict", action="store_true", help="refuse a mask with values outside the class table")
+    c.add_argument("--nodata", type=float, help="nodata value of the image, overriding the file's")
+    c.add_argument("--chunk", type=int, default=512, help="chunk size in pixels (default 512)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    s = add("synth", _synth, "synthesize a riverworld scene (rivers and ponds that only the whole image tells apart)")
+    s.add_argument("out", help="OUT.zarr for a scene store, or OUT.tif for a GeoTIFF plus OUT_mask.tif")
+    s.add_argument("--size", type=int, default=1024, help="height in pixels (default 1024)")
+    s.add_argument("--width", type=int, help="width in pixels (default: the height)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--chunk", type=int, default=512, help="chunk size in pixels (default 512)")
+    s.add_argument("--overwrite", action="store_true")
+
+    i = add("info", _info, "describe a scene store: shape, bands, CRS, levels, labels, maps, class histograms")
+    i.add_argument("scene", help="scene store path or URL")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    i.add_argument("--no-histogram", action="store_true", help="skip the class histograms (a full pass)")
+
+    m = add("models", _models, "list the model presets with parameter counts and GFLOPs at 1024^2")
+    m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
+
+    d = add("demo", _demo, "the main job end to end on a synthetic riverworld scene")
+    d.add_argument("--workdir", default="demo", help="where the demo writes (default ./demo)")
+    d.add_argument("--size", type=int, default=1024, help="scene size in pixels (default 1024)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ElegantvizError as e:
+        print(f"elegantviz {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"elegantviz {args.command}: interrupted; finished work is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,478 @@
+"""Scene stores: one OME-NGFF 0.5 zarr v3 group per scene, read lazily with dask.
+
+Layout (see DESIGN.md): image pyramid ``0/ 1/ ...`` (c, y, x); ``labels/<name>/`` NGFF label
+groups (y, x, uint8) with colours and class names; ``maps/<name>/`` float pyramids of the
+model's evidence. The root's ``elegantviz`` attribute holds bands, class table, CRS, transform
+and nodata. Every part carries ``elegantviz.complete``, set last, so a reader never takes a
+half-written part for a finished one; ``_progress/`` records finished blocks for resuming.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from elegantviz import __version__
+from elegantviz.data.classes import IGNORE_INDEX, ClassTable
+from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
+from elegantviz.io.blocks import PROGRESS_GROUP, write_blockwise
+from elegantviz.io.pyramid import downsample, level_shapes
+
+NGFF_VERSION = "0.5"
+KEY = "elegantviz"
+DEFAULT_TILE = 512
+
+
+# --- metadata helpers ------------------------------------------------------------------------
+def _json_number(v: float | None) -> float | str | None:
+    if v is None:
+        return None
+    v = float(v)
+    return "NaN" if math.isnan(v) else (int(v) if v.is_integer() else v)
+
+
+def _from_json_number(v: Any) -> float | None:
+    if v is None:
+        return None
+    return float("nan") if v == "NaN" else float(v)
+
+
+def _multiscales(name: str, axes: Sequence[str], n_levels: int) -> list[dict]:
+    """NGFF multiscales in pixel units of level 0; each level's pixels are centred."""
+    axis_type = {"c": "channel", "y": "space", "x": "space"}
+    datasets = []
+    for k in range(n_levels):
+        f = 2**k
+        scale = [1.0 if a == "c" else float(f) for a in axes]
+        shift = [0.0 if a == "c" else (f - 1) / 2 for a in axes]
+        transforms: list[dict] = [{"type": "scale", "scale": scale}]
+        if k:
+            transforms.append({"type": "translation", "translation": shift})
+        datasets.append({"path": str(k), "coordinateTransformations": transforms})
+    return [
+        {
+            "name": name,
+            "axes": [{"name": a, "type": axis_type[a]} for a in axes],
+            "datasets": datasets,
+            "type": "mean" if "c" in axes else "mode",
+        }
+    ]
+
+
+def _open_group(url: str | Path, mode: str) -> zarr.Group:
+    try:
+        return zarr.open_group(str(url), mode=mode)  # type: ignore[arg-type]
+    except FileNotFoundError:
+        raise InputError(f"{url}: no such scene store") from None
+    except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError, ValueError, KeyError) as e:  # type: ignore[attr-defined]
+        raise SceneStoreError(f"{url}: not a zarr group ({type(e).__name__}: {e})") from None
+
+
+def _is_local_missing(url: str | Path) -> bool:
+    s = str(url)
+    return "://" not in s and not Path(s).exists()
+
+
+# --- writing pyramids -------------------------------------------------------------------------
+def _write_pyramid(
+    root: zarr.Group,
+    prefix: str,
+    data: da.Array,
+    kind: str,
+    tile: int,
+    fill: Any,
+    nodata: float | None,
+    desc: str,
+    progress: bool,
+) -> int:
+    """Create (or reuse, when resuming) arrays ``prefix/0..n`` and write every level."""
+    shapes = level_shapes(data.shape[-2], data.shape[-1], tile)
+    lead = tuple(data.shape[:-2])
+    chunks = (1,) * len(lead) + (tile, tile)
+    dims = ("c", "y", "x")[-data.ndim :]
+    for k, (h, w) in enumerate(shapes):
+        path = f"{prefix}/{k}" if prefix else str(k)
+        shape = lead + (h, w)
+        try:
+            existing = root[path]
+            ok = tuple(existing.shape) == shape and existing.dtype == data.dtype
+        except KeyError:
+            ok = False
+        if not ok:
+            root.create_array(path, shape=shape, dtype=data.dtype, chunks=chunks, fill_value=fill,
+                              dimension_names=dims, overwrite=True)
+    for k in range(len(shapes)):
+        path = f"{prefix}/{k}" if prefix else str(k)
+        if k == 0:
+            level = data
+        else:
+            prev = da.from_zarr(root[f"{prefix}/{k - 1}" if prefix else str(k - 1)])
+            prev = prev.rechunk(lead + (2 * tile, 2 * tile))
+            level = downsample(prev, kind, nodata=nodata, ignore=IGNORE_INDEX)
+        if root[path].attrs.get(KEY, {}).get("complete"):
+            continue
+        write_blockwise(level, root, path, desc=f"{desc} level {k}", progress=progress)
+        root[path].attrs[KEY] = {"complete": True}
+    return len(shapes)
+
+
+def _as_dask(data: Any, ndim: int, what: str) -> da.Array:
+    arr = data if isinstance(data, da.Array) else da.asarray(np.asarray(data))
+    if arr.ndim != ndim:
+        raise InputError(f"{what}: expected {ndim} dimensions, got shape {arr.shape}")
+    if 0 in arr.shape:
+        raise InputError(f"{what}: zero-size array {arr.shape}")
+    return arr
+
+
+# --- the scene --------------------------------------------------------------------------------
+@dataclass
+class Scene:
+    """A scene store opened for reading (and adding labels and maps)."""
+
+    root: zarr.Group
+    url: str
+
+    # metadata ---------------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        return dict(self.root.attrs[KEY])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.meta["bands"])
+
+    @property
+    def crs(self) -> str | None:
+        return self.meta.get("crs")
+
+    @property
+    def transform(self) -> list[float] | None:
+        return self.meta.get("transform")
+
+    @property
+    def nodata(self) -> float | None:
+        return _from_json_number(self.meta.get("nodata"))
+
+    @property
+    def classes(self) -> ClassTable | None:
+        d = self.meta.get("classes")
+        return ClassTable.from_dict(d, origin=f"{self.url} class table") if d else None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.root["0"].shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.root["0"].dtype
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.root.attrs["ome"]["multiscales"][0]["datasets"])
+
+    # image ------------------------------------------------------------------------------------
+    @cached_property
+    def levels(self) -> list[da.Array]:
+        return [da.from_zarr(self.root[str(k)]) for k in range(self.num_levels)]
+
+    def image(self, level: int = 0) -> da.Array:
+        return self.levels[level]
+
+    # labels and maps --------------------------------------------------------------------------
+    def _parts(self, kind: str, complete: bool = True) -> list[str]:
+        if kind not in self.root:
+            return []
+        group = self.root[kind]
+        names = []
+        for name in sorted(group.group_keys()):
+            done = bool(group[name].attrs.get(KEY, {}).get("complete"))
+            if done == complete:
+                names.append(name)
+        return names
+
+    @property
+    def labels(self) -> list[str]:
+        return self._parts("labels")
+
+    @property
+    def maps(self) -> list[str]:
+        return self._parts("maps")
+
+    def incomplete_parts(self) -> list[str]:
+        parts = [] if self.complete else ["image"]
+        parts += [f"labels/{n}" for n in self._parts("labels", complete=False)]
+        parts += [f"maps/{n}" for n in self._parts("maps", complete=False)]
+        return parts
+
+    def _levels_of(self, kind: str, name: str) -> list[da.Array]:
+        if name not in self._parts(kind):
+            have = self._parts(kind)
+            raise InputError(f"{self.url}: no complete {kind}/{name} (has: {', '.join(have) or 'none'})")
+        group = self.root[f"{kind}/{name}"]
+        n = len(group.attrs["ome"]["multiscales"][0]["datasets"])
+        return [da.from_zarr(group[str(k)]) for k in range(n)]
+
+    def label_levels(self, name: str) -> list[da.Array]:
+        return self._levels_of("labels", name)
+
+    def label(self, name: str, level: int = 0) -> da.Array:
+        return self.label_levels(name)[level]
+
+    def label_classes(self, name: str) -> ClassTable | None:
+        d = self.root[f"labels/{name}"].attrs.get(KEY, {}).get("classes")
+        return ClassTable.from_dict(d) if d else None
+
+    def map_levels(self, name: str) -> list[da.Array]:
+        return self._levels_of("maps", name)
+
+    def map(self, name: str, level: int = 0) -> da.Array:
+        return self.map_levels(name)[level]
+
+    def map_attrs(self, name: str) -> dict:
+        return dict(self.root[f"maps/{name}"].attrs.get(KEY, {}))
+
+    # writing ----------------------------------------------------------------------------------
+    def _start_part(self, kind: str, name: str, overwrite: bool) -> zarr.Group:
+        if "/" in name or not name or name.startswith("_"):
+            raise InputError(f"{self.url}: invalid {kind} name {name!r}")
+        parent = self.root.require_group(kind)
+        if name in parent:
+            if parent[name].attrs.get(KEY, {}).get("complete"):
+                if not overwrite:
+                    raise InputError(f"{self.url}: {kind}/{name} exists (pass overwrite=True to replace it)")
+                del parent[name]
+                self._drop_progress(f"{kind}/{name}")
+            else:
+                return parent[name]  # resume an interrupted write
+        return parent.create_group(name)
+
+    def _drop_progress(self, prefix: str) -> None:
+        if PROGRESS_GROUP not in self.root:
+            return
+        progress = self.root[PROGRESS_GROUP]
+        stem = prefix.replace("/", ".") + "."
+        for key in list(progress.array_keys()):
+            if key.startswith(stem):
+                del progress[key]
+
+    def add_labels(
+        self,
+        name: str,
+        data: Any,
+        classes: ClassTable | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+        tile: int | None = None,
+    ) -> None:
+        """Write a (y, x) uint8 label image with a mode-pooled pyramid as ``labels/<name>``."""
+        arr = _as_dask(data, 2, f"{self.url} labels/{name}")
+        if arr.shape != self.shape[1:]:
+            raise InputError(f"{self.url}: labels/{name} has shape {arr.shape}, the image is {self.shape[1:]}")
+        if arr.dtype != np.uint8:
+            raise InputError(f"{self.url}: labels/{name} must be uint8 class ids, got {arr.dtype}")
+        classes = classes or self.classes
+        group = self._start_part("labels", name, overwrite)
+        n = _write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self._tile, IGNORE_INDEX,
+                           None, f"labels/{name}", progress)
+        ome: dict = {"version": NGFF_VERSION, "multiscales": _multiscales(name, ("y", "x"), n)}
+        if classes is not None:
+            ome["image-label"] = {
+                "colors": [{"label-value": c.id, "rgba": [*c.color, 255]} for c in classes.classes]
+                + [{"label-value": IGNORE_INDEX, "rgba": [0, 0, 0, 0]}],
+                "properties": [{"label-value": c.id, "class": c.name} for c in classes.classes],
+                "source": {"image": "../../"},
+            }
+        else:
+            ome["image-label"] = {"source": {"image": "../../"}}
+        group.attrs.update({"ome": ome, KEY: {"complete": True, "classes": classes.to_dict() if classes else None}})
+        labels = self.root["labels"]
+        names = sorted(set(labels.attrs.get("ome", {}).get("labels", [])) | {name})
+        labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": names}
+
+    def add_map(
+        self,
+        name: str,
+        data: Any,
+        dtype: str = "float16",
+        overwrite: bool = False,
+        progress: bool = True,
+        attrs: dict | None = None,
+        tile: int | None = None,
+    ) -> None:
+        """Write a (y, x) or (c, y, x) float map with a mean-pooled pyramid as ``maps/<name>``.
+
+        A map may be at a coarser resolution than the image (the keys are at feature
+        resolution); ``attrs['stride']`` records the factor.
+        """
+        arr = data if isinstance(data, da.Array) else da.asarray(np.asarray(data))
+        if arr.ndim not in (2, 3) or 0 in arr.shape:
+            raise InputError(f"{self.url}: maps/{name} must be (y, x) or (c, y, x), got {arr.shape}")
+        arr = arr.astype(dtype)
+        group = self._start_part("maps", name, overwrite)
+        n = _write_pyramid(self.root, f"maps/{name}", arr, "mean", tile or self._tile, np.nan, None,
+                           f"maps/{name}", progress)
+        axes = ("c", "y", "x")[-arr.ndim :]
+        group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": _multiscales(name, axes, n)},
+                            KEY: {"complete": True, **(attrs or {})}})
+
+    def finalize(self) -> None:
+        """Mark the scene finished: the last write of a conversion."""
+        if PROGRESS_GROUP in self.root and not list(self.root[PROGRESS_GROUP].array_keys()):
+            del self.root[PROGRESS_GROUP]
+        meta = self.meta
+        meta["complete"] = True
+        self.root.attrs[KEY] = meta
+
+    @property
+    def _tile(self) -> int:
+        return int(self.root["0"].chunks[-1])
+
+    def __repr__(self) -> str:
+        return f"Scene({self.url!r}, shape={self.shape}, dtype={self.dtype}, labels={self.labels}, maps={self.maps})"
+
+
+# --- public functions -------------------------------------------------------------------------
+def open_scene(url: str | Path, mode: str = "r", allow_incomplete: bool = False) -> Scene:
+    """Open a scene store; refuse stores that are not scene stores or were never finished."""
+    if _is_local_missing(url):
+        raise InputError(f"{url}: no such scene store")
+    root = _open_group(url, mode="r+" if mode in ("a", "r+") else "r")
+    meta = root.attrs.get(KEY)
+    if not isinstance(meta, dict) or "bands" not in meta:
+        raise SceneStoreError(
+            f"{url}: not an elegantviz scene store (no '{KEY}' metadata); make one with `elegantviz convert`"
+        )
+    if "ome" not in root.attrs or "0" not in root:
+        raise SceneStoreError(f"{url}: scene store has no image pyramid (missing 'ome' multiscales or level 0)")
+    scene = Scene(root, str(url))
+    if not scene.complete and not allow_incomplete:
+        raise IncompleteSceneError(
+            f"{url}: incomplete scene store (its writer was interrupted); run the same command again to resume"
+        )
+    if scene.complete:
+        for k in range(scene.num_levels):
+            if str(k) not in root:
+                raise SceneStoreError(f"{url}: pyramid level {k} is missing; the store is damaged")
+    return scene
+
+
+def fingerprint(**job: Any) -> dict:
+    """What a resumed write must match: a different job into the same store is refused."""
+    return {k: v for k, v in job.items() if v is not None}
+
+
+def create_scene(
+    url: str | Path,
+    image: Any,
+    bands: Sequence[str] | None = None,
+    classes: ClassTable | None = None,
+    crs: str | None = None,
+    transform: Sequence[float] | None = None,
+    nodata: float | None = None,
+    source: str | None = None,
+    tile: int = DEFAULT_TILE,
+    overwrite: bool = False,
+    progress: bool = True,
+    job: dict | None = None,
+    finalize: bool = True,
+) -> Scene:
+    """Write a (c, y, x) image (numpy or lazy dask) as a new scene store with its pyramid.
+
+    An unfinished store with the same ``job`` is resumed; a finished one is refused unless
+    ``overwrite``. With ``finalize=False`` the caller adds more parts (e.g. ``labels/gt``)
+    and calls ``Scene.finalize()`` last, so an interrupted conversion never looks finished.
+    """
+    arr = _as_dask(image, 3, f"{url} image")
+    if tile < 16 or tile % 2:
+        raise InputError(f"tile size must be an even number >= 16, got {tile}")
+    bands = list(bands) if bands else [f"band {i + 1}" for i in range(arr.shape[0])]
+    if len(bands) != arr.shape[0]:
+        raise InputError(f"{url}: {len(bands)} band names for {arr.shape[0]} bands")
+    job = fingerprint(shape=list(arr.shape), dtype=str(arr.dtype), tile=tile, **(job or {}))
+    root = None
+    if not _is_local_missing(url):
+        try:
+            root = zarr.open_group(str(url), mode="r+")
+        except Exception:
+            root = None
+    if root is not None and len(list(root.keys())) + len(root.attrs) > 0:
+        meta = root.attrs.get(KEY)
+        if overwrite:
+            root = None
+        elif not isinstance(meta, dict):
+            raise InputError(f"{url}: exists and is not a scene store; pass --overwrite to replace it")
+        elif meta.get("complete"):
+            raise InputError(f"{url}: exists (a finished scene store); pass --overwrite to replace it")
+        elif meta.get("job") != job:
+            raise InputError(
+                f"{url}: holds an unfinished conversion of a different job ({meta.get('job')}); "
+                "pass --overwrite to start again"
+            )
+    if root is None:
+        root = zarr.open_group(str(url), mode="w")
+        root.attrs.update(
+            {
+                "ome": {"version": NGFF_VERSION, "multiscales": _multiscales("image", ("c", "y", "x"), 1)},
+                KEY: {
+                    "format": 1,
+                    "complete": False,
+                    "job": job,
+                    "bands": bands,
+                    "classes": classes.to_dict() if classes else None,
+                    "palette": classes.palette()[: classes.num_classes].tolist() if classes else None,
+                    "crs": crs,
+                    "transform": list(transform) if transform is not None else None,
+                    "nodata": _json_number(nodata),
+                    "source": source,
+                    "created_by": f"elegantviz {__version__}",
+                },
+            }
+        )
+    fill = nodata if nodata is not None else 0
+    n = _write_pyramid(root, "", arr, "mean", tile, fill, nodata, "image", progress)
+    ome = {
+        "version": NGFF_VERSION,
+        "multiscales": _multiscales("image", ("c", "y", "x"), n),
+        "omero": _omero(root[str(n - 1)], bands, nodata),
+    }
+    root.attrs["ome"] = ome
+    scene = Scene(root, str(url))
+    if finalize:
+        scene.finalize()
+    return scene
+
+
+def _omero(top: zarr.Array, bands: Sequence[str], nodata: float | None) -> dict:
+    """Display windows (2nd-98th percentile of the coarsest level) so viewers open with contrast."""
+    data = np.asarray(top[...]).astype(np.float64)
+    colors = ["FF0000", "00FF00", "0000FF", "FFFFFF"]
+    channels = []
+    for i, name in enumerate(bands):
+        band = data[i]
+        ok = ~np.isnan(band)
+        if nodata is not None and not math.isnan(nodata):
+            ok &= band != nodata
+        vals = band[ok]
+        lo, hi = (np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0))
+        mn, mx = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
+        channels.append(
+            {
+                "label": name,
+                "color": colors[i] if i < 3 else "FFFFFF",
+                "active": i < 3,
+                "window": {"start": float(lo), "end": float(max(hi, lo + 1e-6)), "min": mn, "max": mx},
+            }
+        )
+    return {"channels": channels, "rdefs": {"model": "color"}}

@@ -1,0 +1,1 @@
+"""napari plugin for elegantviz scene stores (npe2). Imports nothing heavy at start-up."""
