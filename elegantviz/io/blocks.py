@@ -45,6 +45,8 @@ class BlockLedger:
         progress = self.root[PROGRESS_GROUP]
         if self.name in progress:
             del progress[self.name]
+        if not list(progress.keys()):
+            del self.root[PROGRESS_GROUP]
 
 
 def write_blockwise(

@@ -68,7 +68,8 @@ def mean_pool(block: np.ndarray, nodata: float | None = None) -> np.ndarray:
 def mode_pool(block: np.ndarray, ignore: int = 255) -> np.ndarray:
     """Majority over 2x2 windows of (h, w) labels; ``ignore`` only wins an all-ignore window.
 
-    Ties go to the class with fewer pixels in this block (thin structures are the rare ones).
+    Ties go to the class with fewer pixels in this block (thin structures are the rare ones);
+    the pyramid pools blocks of 2 x 2 tiles, so the result depends on the tile size only there.
     """
     work = _pad_even(block, ignore)
     win = _windows(work).astype(np.int64)  # (h, w, 4)

@@ -329,8 +329,6 @@ class Scene:
 
     def finalize(self) -> None:
         """Mark the scene finished: the last write of a conversion."""
-        if PROGRESS_GROUP in self.root and not list(self.root[PROGRESS_GROUP].array_keys()):
-            del self.root[PROGRESS_GROUP]
         meta = self.meta
         meta["complete"] = True
         self.root.attrs[KEY] = meta

@@ -1,0 +1,152 @@
+"""ECR: efficient class relation (ElegantSeg) / efficient cross-correlation (EHSNet).
+
+Algorithm 1 of ElegantSeg: the margin between the two largest auxiliary logits measures how
+sure the auxiliary head is; the ``ratio`` (a = 10 %) pixels with the smallest margin form the
+hard region. Their features attend to the whole image with efficient attention (Shen et al.):
+
+    keys    = rho_k(F)   softmax over positions          (d x N)
+    queries = rho_q(F_R) softmax over channels           (d x m)
+    context = keys @ F^T                                 (d x d)
+    F_R    <- F_R + context^T @ queries
+
+which equals ``(rho_q(Q)^T rho_k(K)) V`` with the explicit m x N attention map but never builds
+it: memory is O(d^2 + d N) instead of O(m N). With ``norm='scaling'`` both are divided by
+sqrt(N) and the result is plain dot-product attention scaled by 1/N. As in Algorithm 1, the
+features themselves are queries, keys and values (no projections), so ECR has no parameters.
+Only hard pixels change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ECR", "Evidence", "AttentionNorm", "logit_margin", "select_hard", "num_hard", "efficient_attention"]
+
+AttentionNorm = Literal["softmax", "scaling"]
+
+
+@dataclass
+class Evidence:
+    """What ECR saw and did, detached, for the viewer and the scene store.
+
+    ``hard_indices`` index the flattened (h * w) feature grid; ``keys`` are the normalised keys
+    rho_k(F) at feature resolution, so the attention hard pixel q pays to pixel p is
+    ``queries[:, q] . keys[:, p]``; ``context`` is the d x d matrix rho_k(F) F^T.
+    ``keys``, ``queries`` and ``context`` are None when the model runs without ECR.
+    """
+
+    margin: torch.Tensor  # (n, h, w) top-1 minus top-2 auxiliary logit
+    hard_indices: torch.Tensor  # (n, k) int64 into h * w
+    keys: torch.Tensor | None  # (n, d, h, w)
+    queries: torch.Tensor | None  # (n, d, k)
+    context: torch.Tensor | None  # (n, d, d)
+    feature_size: tuple[int, int]  # (h, w)
+    output_stride: int = 1  # input pixels per feature pixel
+
+    def hard_mask(self) -> torch.Tensor:
+        """(n, h, w) bool map of the hard region."""
+        n = self.margin.shape[0]
+        mask = torch.zeros(n, self.feature_size[0] * self.feature_size[1], dtype=torch.bool,
+                           device=self.margin.device)
+        mask.scatter_(1, self.hard_indices, True)
+        return mask.view(n, *self.feature_size)
+
+    def attention_map(self, image: int = 0, hard: int | None = None) -> torch.Tensor:
+        """(h, w) attention one hard pixel (``hard`` = its position in ``hard_indices``) or, by
+        default, the mean hard pixel pays to every pixel."""
+        if self.keys is None or self.queries is None:
+            raise ValueError("no attention without ECR")
+        q = self.queries[image]
+        q = q.mean(dim=1) if hard is None else q[:, hard]
+        return torch.einsum("d,dhw->hw", q, self.keys[image])
+
+
+def logit_margin(logits: torch.Tensor) -> torch.Tensor:
+    """(n, c, h, w) -> (n, h, w): largest minus second largest logit per pixel."""
+    if logits.shape[1] < 2:
+        raise ValueError("the margin needs at least two classes")
+    top2 = logits.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def num_hard(num_pixels: int, ratio: float) -> int:
+    """Size of the hard region: round(ratio * N), at least 1 pixel."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    return min(num_pixels, max(1, int(round(ratio * num_pixels))))
+
+
+def select_hard(margin: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(n, N) margins -> (n, k) indices of the k smallest per row (a partial top-k, no full sort)."""
+    k = num_hard(margin.shape[1], ratio)
+    return margin.topk(k, dim=1, largest=False, sorted=False).indices
+
+
+def _normalise(x: torch.Tensor, dim: int, norm: AttentionNorm, n: int) -> torch.Tensor:
+    if norm == "softmax":
+        return x.softmax(dim=dim)
+    if norm == "scaling":
+        return x / math.sqrt(n)
+    raise ValueError(f"unknown attention norm {norm!r}")
+
+
+def efficient_attention(
+    queries: torch.Tensor, feats: torch.Tensor, norm: AttentionNorm = "softmax"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Efficient attention of ``queries`` (n, d, m) over ``feats`` (n, d, N) (keys = values).
+
+    Returns (attended (n, d, m), normalised queries (n, d, m), normalised keys (n, d, N),
+    context (n, d, d)).
+    """
+    n_pos = feats.shape[-1]
+    keys = _normalise(feats, 2, norm, n_pos)  # over positions
+    q = _normalise(queries, 1, norm, n_pos)  # over channels
+    context = torch.bmm(keys, feats.transpose(1, 2))  # (n, d_k, d_v)
+    return torch.bmm(context.transpose(1, 2), q), q, keys, context
+
+
+class ECR(nn.Module):
+    """Hard-region selection by auxiliary margin, efficient attention, scatter back."""
+
+    def __init__(self, ratio: float = 0.1, norm: AttentionNorm = "softmax"):
+        super().__init__()
+        num_hard(1, ratio)  # validates
+        if norm not in ("softmax", "scaling"):
+            raise ValueError(f"unknown attention norm {norm!r}")
+        self.ratio = ratio
+        self.norm = norm
+
+    def forward(
+        self, feats: torch.Tensor, aux_logits: torch.Tensor, return_evidence: bool = False
+    ) -> tuple[torch.Tensor, Evidence | None]:
+        n, d, h, w = feats.shape
+        with torch.no_grad():  # the selection is discrete: no gradient flows through it
+            if aux_logits.shape[-2:] != (h, w):
+                aux_logits = F.interpolate(aux_logits, size=(h, w), mode="bilinear", align_corners=False)
+            margin = logit_margin(aux_logits.detach())
+            idx = select_hard(margin.flatten(1), self.ratio)  # (n, k)
+        flat = feats.flatten(2)  # (n, d, N)
+        gather_idx = idx.unsqueeze(1).expand(n, d, idx.shape[1])
+        hard = flat.gather(2, gather_idx)
+        attended, q, keys, context = efficient_attention(hard, flat, self.norm)
+        out = flat.scatter(2, gather_idx, hard + attended).view(n, d, h, w)
+        evidence = None
+        if return_evidence:
+            evidence = Evidence(
+                margin=margin,
+                hard_indices=idx,
+                keys=keys.detach().view(n, d, h, w),
+                queries=q.detach(),
+                context=context.detach(),
+                feature_size=(h, w),
+            )
+        return out, evidence
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio}, norm={self.norm!r}"

@@ -1,0 +1,228 @@
+"""A scene store as napari layer-data tuples: image, every labels/* and every maps/*.
+
+Everything stays lazy: each layer is a list of dask arrays (one per pyramid level) and napari
+fetches only the chunks on screen. Nothing here imports Qt; napari is imported only for the
+label colormap, i.e. only when napari itself calls the reader.
+
+Every layer's ``metadata['elegantviz']`` names its scene and part (``image``, ``labels/gt``,
+``maps/margin``) so widgets and the writer find their way back to the store.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from elegantviz.data.classes import ClassInfo, ClassTable
+from elegantviz.errors import InputError
+from elegantviz.io.store import Scene
+
+from ._palette import fallback_table, label_colormap, label_features
+
+NATURAL, FALSE_COLOUR = "natural", "false-colour"
+BAND_ALIASES = {
+    "red": ("red", "r"),
+    "green": ("green", "g"),
+    "blue": ("blue", "b"),
+    "nir": ("nir", "near-infrared", "near infrared", "nir1", "infrared"),
+}
+# colormap, blending, visible by default, for the evidence maps prediction writes
+MAP_STYLES: dict[str, tuple[str, str]] = {
+    "margin": ("viridis", "translucent"),
+    "attention": ("inferno", "additive"),
+    "boundary": ("yellow", "additive"),
+}
+DEFAULT_MAP_STYLE = ("viridis", "translucent")
+# maps with many channels are inputs for computations (maps/keys feeds the attention probe),
+# not pictures; a channel slider would turn the 2D viewer into a stack browser
+SKIP_MULTICHANNEL_MAPS = True
+LABELS_OPACITY = 0.6
+# labels whose 0 means "nothing here" (not selected, correct): 0 is drawn transparent
+OVERLAY_LABELS = ("hard", "error")
+HARD_COLOUR = "magenta"
+
+
+def meta(scene: Scene, part: str, **extra: Any) -> dict:
+    return {"elegantviz": {"scene": scene.url, "part": part, **extra}}
+
+
+# --- image -----------------------------------------------------------------------------------
+def band_index(bands: list[str], role: str) -> int | None:
+    aliases = BAND_ALIASES[role]
+    for i, b in enumerate(bands):
+        if b.strip().lower() in aliases:
+            return i
+    return None
+
+
+def choose_bands(bands: list[str], composite: str = NATURAL) -> list[int]:
+    """Band indices to show: [r, g, b] (natural or NIR false colour) or [k] for grey."""
+    if composite not in (NATURAL, FALSE_COLOUR):
+        raise InputError(f"composite must be {NATURAL!r} or {FALSE_COLOUR!r}, got {composite!r}")
+    r, g, b, nir = (band_index(bands, k) for k in ("red", "green", "blue", "nir"))
+    named_rgb = None not in (r, g, b)
+    if composite == FALSE_COLOUR:
+        if nir is None and len(bands) == 4 and not named_rgb:
+            nir = 3  # unnamed 4-band imagery is R, G, B, NIR by convention
+        if nir is None:
+            raise InputError(f"no near-infrared band for a false-colour composite (bands: {bands})")
+        red, green = (r, g) if named_rgb else (0, 1)
+        return [nir, red, green]  # type: ignore[list-item]
+    if named_rgb:
+        return [r, g, b]  # type: ignore[list-item]
+    if len(bands) >= 3:
+        return [0, 1, 2]
+    return [0]
+
+
+def band_windows(scene: Scene) -> list[tuple[float, float]]:
+    """Contrast window of every band from the store's omero metadata, else the dtype range."""
+    channels = scene.root.attrs.get("ome", {}).get("omero", {}).get("channels", [])
+    wins = []
+    for i in range(len(scene.bands)):
+        w = channels[i].get("window", {}) if i < len(channels) else {}
+        if "start" in w and "end" in w:
+            wins.append((float(w["start"]), float(w["end"])))
+        elif np.issubdtype(scene.dtype, np.integer):
+            info = np.iinfo(scene.dtype)
+            wins.append((float(info.min), float(info.max)))
+        else:
+            wins.append((0.0, 1.0))
+    return wins
+
+
+def _stretch_to_uint8(level: da.Array, windows: list[tuple[float, float]], nodata: float | None) -> da.Array:
+    """Lazy per-band linear stretch to 0..255 (for uint16 and float data); nodata and NaN -> 0."""
+    lo = np.array([w[0] for w in windows], np.float32)[:, None, None]
+    span = np.array([max(w[1] - w[0], 1e-12) for w in windows], np.float32)[:, None, None]
+    x = level.astype(np.float32)
+    out = (x - lo) / span * 255.0
+    bad = da.isnan(x)
+    if nodata is not None and not math.isnan(nodata):
+        bad = bad | (x == np.float32(nodata))
+    out = da.where(bad, 0.0, out)
+    return da.clip(out, 0, 255).astype(np.uint8)
+
+
+def image_layer(scene: Scene, composite: str = NATURAL) -> tuple:
+    """The image pyramid as one RGB layer (three bands) or one grey layer (one band)."""
+    picks = choose_bands(scene.bands, composite)
+    windows = [band_windows(scene)[i] for i in picks]
+    names = [scene.bands[i] for i in picks]
+    kwargs: dict[str, Any] = {
+        "name": "image" if composite == NATURAL else "image (NIR false colour)",
+        "multiscale": True,
+        "metadata": meta(scene, "image", bands=names, composite=composite),
+    }
+    if len(picks) == 1:
+        levels = [lvl[picks[0]] for lvl in scene.levels]
+        lo, hi = windows[0]
+        kwargs.update(rgb=False, colormap="gray", contrast_limits=[lo, max(hi, lo + 1e-6)])
+        return levels, kwargs, "image"
+    if scene.dtype == np.uint8:
+        levels = [lvl[picks].transpose(1, 2, 0) for lvl in scene.levels]
+        lo, hi = min(w[0] for w in windows), max(w[1] for w in windows)
+        limits = [lo, max(hi, lo + 1)]
+    else:
+        levels = [_stretch_to_uint8(lvl[picks], windows, scene.nodata).transpose(1, 2, 0) for lvl in scene.levels]
+        limits = [0, 255]
+    kwargs.update(rgb=True, contrast_limits=limits)
+    return levels, kwargs, "image"
+
+
+# --- labels ----------------------------------------------------------------------------------
+def table_for_labels(scene: Scene, name: str, levels: list[da.Array]) -> ClassTable:
+    """The labels' own class table, the scene's, or numbered classes for a bare mask."""
+    table = scene.label_classes(name) or (scene.classes if name in ("gt", "pred") else None)
+    if table is not None:
+        return table
+    top = levels[-1]  # one small chunk: the coarsest level says how many values there are
+    present = np.asarray(top.compute())
+    present = present[present != 255]
+    return fallback_table(name, int(present.max()) + 1 if present.size else 2)
+
+
+def hard_table(colour: str = HARD_COLOUR) -> ClassTable:
+    """The hard region (1 = selected by ECR) in one overlay colour (a napari colour name or hex)."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    rgb = tuple(int(round(v * 255)) for v in transform_color(colour)[0][:3])
+    return ClassTable(name="hard", classes=(ClassInfo(0, "not hard", (0, 0, 0)), ClassInfo(1, "hard region", rgb)))
+
+
+def hard_colormap(colour: str = HARD_COLOUR):
+    return label_colormap(hard_table(colour), hidden=[0])
+
+
+def labels_layer(scene: Scene, name: str, visible: bool = True) -> tuple:
+    levels = scene.label_levels(name)
+    table = hard_table() if name == "hard" else table_for_labels(scene, name, levels)
+    extra = {"colour": HARD_COLOUR} if name == "hard" else {}
+    kwargs = {
+        "name": name,
+        "multiscale": True,
+        "colormap": label_colormap(table, hidden=[0] if name in OVERLAY_LABELS else []),
+        "features": label_features(table),
+        "opacity": LABELS_OPACITY,
+        "visible": visible,
+        "metadata": meta(scene, f"labels/{name}", classes=table.to_dict(), **extra),
+    }
+    return levels, kwargs, "labels"
+
+
+# --- maps ------------------------------------------------------------------------------------
+def map_contrast(scene: Scene, name: str, levels: list[da.Array]) -> list[float]:
+    """The map's recorded range, else the range of its coarsest level (one small chunk)."""
+    attrs = scene.map_attrs(name)
+    for key in ("contrast_limits", "range"):
+        if key in attrs and len(attrs[key]) == 2:
+            lo, hi = (float(v) for v in attrs[key])
+            return [lo, max(hi, lo + 1e-6)]
+    top = np.asarray(levels[-1].compute(), np.float64)
+    top = top[np.isfinite(top)]
+    if not top.size:
+        return [0.0, 1.0]
+    lo, hi = float(top.min()), float(top.max())
+    return [lo, max(hi, lo + 1e-6)]
+
+
+def map_layer(scene: Scene, name: str, visible: bool = False) -> tuple | None:
+    levels = scene.map_levels(name)
+    if levels[0].ndim == 3:
+        if levels[0].shape[0] != 1 and SKIP_MULTICHANNEL_MAPS:
+            return None
+        levels = [lvl[0] for lvl in levels]
+    stride = float(scene.map_attrs(name).get("stride", 1))
+    colormap, blending = MAP_STYLES.get(name, DEFAULT_MAP_STYLE)
+    kwargs = {
+        "name": name,
+        "multiscale": True,
+        "colormap": colormap,
+        "blending": blending,
+        "contrast_limits": map_contrast(scene, name, levels),
+        "scale": (stride, stride),
+        "translate": ((stride - 1) / 2, (stride - 1) / 2),
+        "visible": visible,
+        "metadata": meta(scene, f"maps/{name}", stride=stride),
+    }
+    return levels, kwargs, "image"
+
+
+# --- the whole scene -------------------------------------------------------------------------
+def scene_layers(scene: Scene, composite: str = NATURAL) -> list[tuple]:
+    """Image, labels (gt shown, the rest hidden until asked for) and maps (hidden), bottom to top.
+
+    Hidden layers cost nothing: napari slices only visible layers.
+    """
+    out = [image_layer(scene, composite)]
+    shown = "gt" if "gt" in scene.labels else (scene.labels[0] if scene.labels else None)
+    for name in scene.labels:
+        out.append(labels_layer(scene, name, visible=name == shown))
+    for name in scene.maps:
+        layer = map_layer(scene, name)
+        if layer is not None:
+            out.append(layer)
+    return out

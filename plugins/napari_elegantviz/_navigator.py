@@ -1,0 +1,144 @@
+"""Error navigator dock: the confusion regions of an evaluation, largest first; select to go there.
+
+Reads the regions file described in ``_regions`` (``NAME.errors.json`` beside ``NAME.zarr`` is
+loaded by itself when a scene is open). Selecting a row centres the camera on the region, zooms
+so it fills most of the canvas and outlines it in a Shapes layer. Main thread only: the file is
+small and the camera and layers are Qt-side objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from elegantviz.errors import ElegantvizError
+
+from ._regions import Region, default_path, load_regions
+
+if TYPE_CHECKING:
+    import napari
+
+ALL_PAIRS = "all pairs"
+HIGHLIGHT_LAYER = "error region"
+FILL_FRACTION = 0.6  # the region spans this much of the canvas after zooming
+COLUMNS = ("pair", "area", "bbox (y0, x0, y1, x1)")
+
+
+class ErrorNavigator(QWidget):
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.regions: list[Region] = []
+        self.shown: list[Region] = []
+        self.path: Path | None = None
+
+        self.file_label = QLabel("no regions loaded")
+        self.file_label.setWordWrap(True)
+        self.load_button = QPushButton("Load…")
+        self.load_button.clicked.connect(self._ask_path)
+        self.pair_box = QComboBox()
+        self.pair_box.currentTextChanged.connect(lambda _: self._fill())
+        self.grid = QTableWidget(0, len(COLUMNS))
+        self.grid.setHorizontalHeaderLabels(COLUMNS)
+        self.grid.verticalHeader().setVisible(False)
+        self.grid.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.grid.setSelectionMode(QTableWidget.SelectionMode.SingleSelection)
+        self.grid.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.grid.itemSelectionChanged.connect(self._selected)
+        top = QHBoxLayout()
+        top.addWidget(self.file_label, 1)
+        top.addWidget(self.load_button)
+        box = QVBoxLayout(self)
+        box.addLayout(top)
+        box.addWidget(self.pair_box)
+        box.addWidget(self.grid)
+
+        self.viewer.layers.events.inserted.connect(self._look_for_default)
+        self._look_for_default()
+
+    # -- loading --------------------------------------------------------------------------------
+    def _look_for_default(self, event=None) -> None:
+        if self.path is not None:
+            return
+        for layer in self.viewer.layers:
+            scene = layer.metadata.get("elegantviz", {}).get("scene")
+            if scene and default_path(scene).is_file():
+                self.load(default_path(scene))
+                return
+
+    def _ask_path(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Error regions", "", "Error regions (*.json)")
+        if path:
+            self.load(path)
+
+    def load(self, path: str | Path) -> None:
+        try:
+            self.regions = load_regions(path)
+        except ElegantvizError as e:
+            self.file_label.setText(str(e))
+            return
+        self.path = Path(path)
+        self.file_label.setText(f"{self.path.name}: {len(self.regions)} regions")
+        pairs = sorted({r.pair for r in self.regions})
+        self.pair_box.blockSignals(True)
+        self.pair_box.clear()
+        self.pair_box.addItems([ALL_PAIRS, *pairs])
+        self.pair_box.blockSignals(False)
+        self._fill()
+
+    def _fill(self) -> None:
+        pair = self.pair_box.currentText()
+        self.shown = [r for r in self.regions if pair in ("", ALL_PAIRS) or r.pair == pair]
+        self.grid.blockSignals(True)
+        self.grid.setRowCount(len(self.shown))
+        for row, r in enumerate(self.shown):
+            for col, text in enumerate((r.pair, f"{r.area:,d}", ", ".join(map(str, r.bbox)))):
+                self.grid.setItem(row, col, QTableWidgetItem(text))
+        self.grid.blockSignals(False)
+
+    # -- going there ----------------------------------------------------------------------------
+    def select_row(self, row: int) -> None:
+        self.grid.selectRow(row)
+
+    def _selected(self) -> None:
+        rows = {i.row() for i in self.grid.selectedItems()}
+        if rows:
+            self.go_to(self.shown[min(rows)])
+
+    def go_to(self, region: Region) -> None:
+        """Centre and zoom the camera on the region and outline it."""
+        y0, x0, y1, x1 = region.bbox
+        camera = self.viewer.scene.camera
+        camera.center = (region.centre[0] - 0.5, region.centre[1] - 0.5)
+        canvas_h, canvas_w = self.viewer.canvas.size
+        camera.zoom = FILL_FRACTION * min(canvas_h / (y1 - y0), canvas_w / (x1 - x0))
+        self._highlight(region)
+
+    def _highlight(self, region: Region) -> None:
+        y0, x0, y1, x1 = region.bbox
+        box = np.array([[y0 - 0.5, x0 - 0.5], [y1 - 0.5, x1 - 0.5]], np.float64)
+        edge_width = max(1.0, 0.02 * max(y1 - y0, x1 - x0))  # data units: a few screen pixels once zoomed
+        if HIGHLIGHT_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[HIGHLIGHT_LAYER]
+            layer.data = [box]
+            layer.shape_type = ["rectangle"]
+            layer.visible = True
+        else:
+            self.viewer.add_shapes(
+                [box], shape_type="rectangle", name=HIGHLIGHT_LAYER, edge_color="red", face_color="transparent",
+                edge_width=edge_width, metadata={"elegantviz": {"part": "error region"}},
+            )
+        self.viewer.layers[HIGHLIGHT_LAYER].edge_width = [edge_width]

@@ -1,0 +1,150 @@
+"""Overlays dock: show, hide and style the evidence layers of a scene.
+
+Rows appear for whichever overlay layers are present (``labels/hard``, ``labels/error``,
+``maps/boundary``, ``maps/margin``, ``maps/attention`` and the Sobel boundaries this widget
+adds). "Add boundary" draws the Sobel boundary of a labels layer lazily (see ``_boundary``):
+nothing is computed until napari asks for the chunks on screen, so it needs no worker.
+Everything here runs on the main thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._boundary import boundary_levels
+from ._layers import HARD_COLOUR, hard_colormap
+
+if TYPE_CHECKING:
+    import napari
+
+OVERLAY_PARTS = ("labels/hard", "labels/error", "maps/boundary", "maps/margin", "maps/attention", "boundary")
+HARD_COLOURS = ("magenta", "yellow", "cyan", "red", "white", "orange")
+MAP_COLORMAPS = ("inferno", "magma", "viridis", "turbo", "gray", "yellow", "magenta", "cyan", "red")
+BOUNDARY_SUFFIX = " boundary"
+
+
+def overlay_part(layer) -> str | None:
+    part = layer.metadata.get("elegantviz", {}).get("part")
+    return part if part in OVERLAY_PARTS else None
+
+
+class Overlays(QWidget):
+    """One row per overlay layer: visible, opacity, colour (hard region) or colormap (maps)."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.rows: dict[str, dict[str, QWidget]] = {}
+
+        self.grid_host = QWidget()
+        self.grid = QGridLayout(self.grid_host)
+        self.source_box = QComboBox()
+        self.add_boundary_button = QPushButton("Add boundary")
+        self.add_boundary_button.setToolTip("Sobel boundary of the chosen labels, computed lazily on screen")
+        self.add_boundary_button.clicked.connect(lambda: self.add_boundary(self.source_box.currentText()))
+        add_row = QHBoxLayout()
+        add_row.addWidget(self.source_box, 1)
+        add_row.addWidget(self.add_boundary_button)
+        self.empty_note = QLabel("No overlay layers yet: prediction adds hard, margin, attention and error.")
+        self.empty_note.setWordWrap(True)
+        box = QVBoxLayout(self)
+        box.addWidget(self.grid_host)
+        box.addWidget(self.empty_note)
+        box.addLayout(add_row)
+        box.addStretch(1)
+
+        self.viewer.layers.events.inserted.connect(self._rebuild)
+        self.viewer.layers.events.removed.connect(self._rebuild)
+        self._rebuild()
+
+    # -- rows -----------------------------------------------------------------------------------
+    def _rebuild(self, event=None) -> None:
+        while self.grid.count():
+            w = self.grid.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+        self.rows = {}
+        layers = [ly for ly in self.viewer.layers if overlay_part(ly)]
+        for row, layer in enumerate(layers):
+            self._add_row(row, layer)
+        self.empty_note.setVisible(not layers)
+        labels = [ly.name for ly in self.viewer.layers if ly._type_string == "labels" and not overlay_part(ly)]
+        current = self.source_box.currentText()
+        self.source_box.clear()
+        self.source_box.addItems(labels)
+        if current in labels:
+            self.source_box.setCurrentText(current)
+
+    def _add_row(self, row: int, layer) -> None:
+        visible = QCheckBox(layer.name)
+        visible.setChecked(layer.visible)
+        visible.toggled.connect(lambda on, ly=layer: setattr(ly, "visible", on))
+        opacity = QSlider(Qt.Orientation.Horizontal)
+        opacity.setRange(0, 100)
+        opacity.setValue(int(round(layer.opacity * 100)))
+        opacity.valueChanged.connect(lambda v, ly=layer: setattr(ly, "opacity", v / 100))
+        style = QComboBox()
+        part = overlay_part(layer)
+        if part == "labels/hard":
+            style.addItems(HARD_COLOURS)
+            style.setCurrentText(layer.metadata["elegantviz"].get("colour", HARD_COLOUR))
+            style.currentTextChanged.connect(lambda c, ly=layer: self.set_hard_colour(ly, c))
+        elif layer._type_string == "image":
+            names = list(MAP_COLORMAPS)
+            if layer.colormap.name not in names:
+                names.insert(0, layer.colormap.name)
+            style.addItems(names)
+            style.setCurrentText(layer.colormap.name)
+            style.currentTextChanged.connect(lambda c, ly=layer: setattr(ly, "colormap", c))
+        else:
+            style.setEnabled(False)  # error labels keep their confusion-pair colours
+        self.grid.addWidget(visible, row, 0)
+        self.grid.addWidget(opacity, row, 1)
+        self.grid.addWidget(style, row, 2)
+        self.rows[layer.name] = {"visible": visible, "opacity": opacity, "style": style}
+
+    # -- actions --------------------------------------------------------------------------------
+    def set_hard_colour(self, layer, colour: str) -> None:
+        layer.colormap = hard_colormap(colour)
+        layer.metadata["elegantviz"]["colour"] = colour
+
+    def add_boundary(self, labels_name: str):
+        """Add (or show again) the lazy Sobel boundary of a labels layer as an image layer."""
+        if labels_name not in self.viewer.layers:
+            return None
+        name = labels_name + BOUNDARY_SUFFIX
+        if name in self.viewer.layers:
+            self.viewer.layers[name].visible = True
+            return self.viewer.layers[name]
+        source = self.viewer.layers[labels_name]
+        levels = list(source.data) if source.multiscale else [source.data]
+        import dask.array as da
+
+        levels = [lvl if isinstance(lvl, da.Array) else da.from_array(lvl, chunks=512) for lvl in levels]
+        meta = dict(source.metadata.get("elegantviz", {}))
+        meta.update(part="boundary", of=labels_name)
+        meta.pop("classes", None)
+        return self.viewer.add_image(
+            boundary_levels(levels) if len(levels) > 1 else boundary_levels(levels)[0],
+            multiscale=len(levels) > 1,
+            name=name,
+            colormap="yellow",
+            blending="additive",
+            contrast_limits=(0, 1),
+            scale=source.scale,
+            translate=source.translate,
+            metadata={"elegantviz": meta},
+        )
