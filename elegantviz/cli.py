@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except ElegantvizError as e:
         print(f"elegantviz {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `elegantviz info x.zarr | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"elegantviz {args.command}: interrupted; finished work is kept, run the same command to resume",
               file=sys.stderr)

@@ -73,3 +73,10 @@ def test_level_shapes_halve_until_one_tile():
     assert len(level_shapes(20000, 20000, 512)) == 7
     assert level_shapes(100, 300, 512) == [(100, 300)]
     assert level_shapes(1025, 513, 512) == [(1025, 513), (513, 257), (257, 129)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.uint16, st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)).map(lambda s: (s[0], 2 * s[1], 2 * s[2]))))
+def test_integer_fast_path_equals_the_masked_path(a):
+    slow = brute_mean(a[0].astype(float), None)
+    np.testing.assert_array_equal(mean_pool(a)[0], np.floor(slow + 0.5).astype(np.uint16))

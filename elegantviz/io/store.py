@@ -10,6 +10,7 @@ half-written part for a finished one; ``_progress/`` records finished blocks for
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -118,8 +119,9 @@ def _write_pyramid(
             level = downsample(prev, kind, nodata=nodata, ignore=IGNORE_INDEX)
         if root[path].attrs.get(KEY, {}).get("complete"):
             continue
+        started = time.perf_counter()
         write_blockwise(level, root, path, desc=f"{desc} level {k}", progress=progress)
-        root[path].attrs[KEY] = {"complete": True}
+        root[path].attrs[KEY] = {"complete": True, "write_seconds": round(time.perf_counter() - started, 3)}
     return len(shapes)
 
 

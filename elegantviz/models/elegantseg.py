@@ -1,0 +1,117 @@
+"""ElegantSeg (Algorithm 1 of elegantseg.txt) and EHSNet in one module.
+
+backbone (HRNetV2) -> auxiliary head -> MLK or LRD -> ECR (guided by the auxiliary margin)
+-> main head; both logits upsampled to the input size. The BAE loss lives in
+:mod:`elegantviz.losses`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import HRNetBackbone
+from .depthwise import DepthwiseImpl
+from .ecr import ECR, AttentionNorm, Evidence, logit_margin
+from .heads import FCNHead
+from .mlk import LRD, MLK, Fusion
+
+__all__ = ["ElegantSeg", "SegOutput", "Evidence", "ContextModule"]
+
+ContextModule = Literal["mlk", "lrd", "none"]
+
+
+@dataclass
+class SegOutput:
+    """Logits and auxiliary logits at input size; evidence only when asked for."""
+
+    logits: torch.Tensor  # (n, c, H, W)
+    aux_logits: torch.Tensor  # (n, c, H, W)
+    evidence: Evidence | None = None
+
+
+class ElegantSeg(nn.Module):
+    """ElegantSeg / EHSNet segmentation network.
+
+    ``context='mlk'`` is ElegantSeg's multiple large kernel module, ``'lrd'`` EHSNet's
+    long-range dependency module, ``'none'`` a 1x1 projection to ``dim`` (ablation);
+    ``use_ecr=False`` skips ECR (ablation). ``channels_last=True`` runs the network in
+    channels_last memory format (faster for HRNet on CPU; the model must also be moved with
+    ``.to(memory_format=torch.channels_last)``, which :func:`build_model` does).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_chans: int = 3,
+        backbone: str = "hrnet_w18",
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
+        output_stride: int = 4,
+        context: ContextModule = "mlk",
+        dim: int = 256,
+        hidden_dim: int = 256,
+        num_units: int = 1,
+        kernel_sizes: Sequence[int] = (7, 15, 31),
+        fusion: Fusion = "gate",
+        depthwise5: bool = False,
+        depthwise_impl: DepthwiseImpl = "auto",
+        use_ecr: bool = True,
+        hard_ratio: float = 0.1,
+        attention_norm: AttentionNorm = "softmax",
+        head_kernel_size: int = 1,
+        dropout: float = 0.1,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError("num_classes must be at least 2 (the ECR margin needs two logits)")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.output_stride = output_stride
+        self.channels_last = channels_last
+        self.backbone = HRNetBackbone(backbone, in_chans, output_stride, pretrained, pretrained_file)
+        c = self.backbone.out_channels
+        self.aux_head = FCNHead(c, num_classes, c, head_kernel_size, dropout)
+        if context == "mlk":
+            self.context = MLK(c, dim, hidden_dim, num_units, kernel_sizes, fusion, depthwise5,
+                               depthwise_impl=depthwise_impl)
+        elif context == "lrd":
+            self.context = LRD(c, dim, hidden_dim, kernel_sizes, depthwise5, depthwise_impl=depthwise_impl)
+        elif context == "none":
+            self.context = nn.Conv2d(c, dim, 1)
+        else:
+            raise ValueError(f"unknown context module {context!r}")
+        self.ecr = ECR(hard_ratio, attention_norm) if use_ecr else None
+        self.head = FCNHead(dim, num_classes, dim, head_kernel_size, dropout)
+
+    def _upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        # Feature pixel i covers input pixels [i*s, (i+1)*s): upsample by exactly s, then crop.
+        s = self.output_stride
+        h, w = logits.shape[-2:]
+        up = F.interpolate(logits, size=(h * s, w * s), mode="bilinear", align_corners=False)
+        return up[..., : size[0], : size[1]]
+
+    def forward(self, images: torch.Tensor, return_evidence: bool = False) -> SegOutput:
+        size = images.shape[-2:]
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(images)
+        aux = self.aux_head(feats)
+        x = self.context(feats)
+        evidence = None
+        if self.ecr is not None:
+            x, evidence = self.ecr(x, aux, return_evidence)
+        elif return_evidence:
+            with torch.no_grad():
+                margin = logit_margin(aux.detach())
+            evidence = Evidence(margin, margin.new_zeros(margin.shape[0], 0, dtype=torch.long), None, None, None,
+                                tuple(margin.shape[-2:]))
+        if evidence is not None:
+            evidence.output_stride = self.output_stride
+        logits = self.head(x)
+        return SegOutput(self._upsample(logits, size), self._upsample(aux, size), evidence)

@@ -1,0 +1,109 @@
+"""Named model presets, ``build_model`` and the table behind ``elegantviz models``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from .elegantseg import ElegantSeg
+
+__all__ = ["Preset", "PRESETS", "ModelInfo", "build_model", "list_models", "print_models", "count_flops"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_PAPER = dict(context="mlk", dim=256, hidden_dim=256, output_stride=4)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("elegantseg-s", "ElegantSeg, HRNet-W18, d=256, stride 4 (paper)", dict(_PAPER, backbone="hrnet_w18")),
+    Preset("elegantseg-m", "ElegantSeg, HRNet-W32, d=256, stride 4 (paper)", dict(_PAPER, backbone="hrnet_w32")),
+    Preset("elegantseg-l", "ElegantSeg, HRNet-W48, d=256, stride 4 (paper)", dict(_PAPER, backbone="hrnet_w48")),
+    Preset("ehsnet", "EHSNet, HRNet-W18, LRD, d=k=256, stride 8 (paper)",
+           dict(backbone="hrnet_w18", context="lrd", dim=256, hidden_dim=256, output_stride=8)),
+    Preset("elegantseg-cpu", "ElegantSeg for CPU: HRNet-W18-small-v2, d=64, depthwise 5x5, stride 8",
+           dict(backbone="hrnet_w18_small_v2", context="mlk", dim=64, hidden_dim=64, depthwise5=True,
+                output_stride=8)),
+]}
+
+# Measured by benchmarks/models.py: HRNet runs faster in channels_last on CPU (see notes).
+DEFAULT_CHANNELS_LAST = True
+
+
+def build_model(name: str, num_classes: int, in_chans: int = 3, **overrides: Any) -> ElegantSeg:
+    """Build preset ``name`` (see :data:`PRESETS`); keyword ``overrides`` replace preset values
+    (any :class:`ElegantSeg` argument, e.g. ``pretrained=True``, ``output_stride=8``)."""
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; choose from {', '.join(PRESETS)}") from None
+    kwargs = dict(preset.kwargs)
+    kwargs.setdefault("channels_last", DEFAULT_CHANNELS_LAST)
+    kwargs.update(overrides)
+    model = ElegantSeg(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    backbone: str
+    output_stride: int
+    params: int
+    gflops: float | None  # forward GFLOPs (multiply-add = 2) at size x size, direct convolutions
+    description: str
+
+
+def count_flops(model: torch.nn.Module, size: int = 1024, in_chans: int = 3) -> int:
+    """Forward FLOPs of ``model`` on a 1 x in_chans x size x size input (torch's flop counter).
+
+    Depthwise convolutions are counted as direct convolutions (the counter knows no FFT).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.empty(1, in_chans, size, size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+@lru_cache(maxsize=None)
+def _info(name: str, num_classes: int, in_chans: int, size: int, flops: bool) -> ModelInfo:
+    # On the meta device nothing is allocated or computed: instant even for W48 at 1024^2.
+    with torch.device("meta"):
+        model = build_model(name, num_classes, in_chans, depthwise_impl="direct", channels_last=False).eval()
+    params = sum(p.numel() for p in model.parameters())
+    gflops = count_flops(model, size, in_chans) / 1e9 if flops else None
+    return ModelInfo(name, model.backbone.name, model.output_stride, params, gflops, PRESETS[name].description)
+
+
+def list_models(num_classes: int = 24, in_chans: int = 4, size: int = 1024, flops: bool = True) -> list[ModelInfo]:
+    """One row per preset: parameters and forward GFLOPs at ``size`` x ``size`` (cached)."""
+    return [_info(name, num_classes, in_chans, size, flops) for name in PRESETS]
+
+
+def print_models(args: Any = None) -> int:
+    """Print the preset table; ``args`` may carry ``num_classes``, ``in_chans``, ``size``.
+
+    Meant for the ``elegantviz models`` command; returns the exit status (0).
+    """
+    num_classes = getattr(args, "num_classes", None) or 24
+    in_chans = getattr(args, "in_chans", None) or 4
+    size = getattr(args, "size", None) or 1024
+    rows = list_models(num_classes, in_chans, size)
+    print(f"{'name':<16}{'backbone':<20}{'stride':>6}{'params (M)':>12}{f'GFLOPs@{size}':>14}  description")
+    for r in rows:
+        gf = f"{r.gflops:.1f}" if r.gflops is not None else "-"
+        print(f"{r.name:<16}{r.backbone:<20}{r.output_stride:>6}{r.params / 1e6:>12.2f}{gf:>14}  {r.description}")
+    print(f"({num_classes} classes, {in_chans} bands; depthwise convolutions counted as direct)")
+    return 0

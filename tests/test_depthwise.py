@@ -1,0 +1,88 @@
+"""Exact depthwise convolutions: the FFT path equals the direct one, forward and gradients."""
+
+import pytest
+import torch
+
+from elegantviz.models.depthwise import (
+    DepthwiseConv2d,
+    depthwise_conv2d,
+    direct_depthwise_conv2d,
+    fft_depthwise_conv2d,
+    next_fast_len,
+    select_impl,
+)
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("k", [3, 7, 15, 31])
+@pytest.mark.parametrize("shape", [(2, 3, 21, 17), (1, 4, 5, 40), (1, 2, 8, 9)])
+def test_fft_matches_direct_forward_and_gradients(k, shape):
+    torch.manual_seed(k)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(shape[1], 1, k, k, requires_grad=True)
+    b = torch.randn(shape[1], requires_grad=True)
+    g = torch.randn(shape[0], shape[1], *shape[2:])
+    y_ref = direct_depthwise_conv2d(x, w, b)
+    ref = torch.autograd.grad(y_ref, (x, w, b), g)
+    y = fft_depthwise_conv2d(x, w, b)
+    got = torch.autograd.grad(y, (x, w, b), g)
+    assert y.shape == y_ref.shape
+    assert _rel(y, y_ref) < 1e-5
+    for a, r in zip(got, ref):
+        assert _rel(a, r) < 1e-5
+
+
+def test_fft_gradcheck_float64():
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 9, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fft_depthwise_conv2d(a, b), (x, w))
+
+
+def test_channels_last_and_half_inputs():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 30, 26).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 15, 15)
+    y = fft_depthwise_conv2d(x, w)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel(y, direct_depthwise_conv2d(x.contiguous(), w)) < 1e-5
+    yb = fft_depthwise_conv2d(x.to(torch.bfloat16), w.to(torch.bfloat16))
+    assert yb.dtype == torch.bfloat16
+
+
+def test_module_is_a_conv2d_and_impls_agree():
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, 31, impl="fft")
+    ref = torch.nn.Conv2d(6, 6, 31, padding=15, groups=6)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 6, 40, 37)
+    assert _rel(conv(x), ref(x)) < 1e-5
+    conv.impl = "direct"
+    assert torch.equal(conv(x), ref(x))
+
+
+def test_select_impl_table():
+    assert select_impl(31, "cpu", (200, 200), requires_grad=True) == "fft"
+    assert select_impl(3, "cpu", (200, 200), requires_grad=True) == "direct"
+    assert select_impl(31, "cpu", (8, 8), requires_grad=True) == "direct"  # tiny maps
+    assert select_impl(31, "cuda", (200, 200)) == "direct"
+    assert select_impl(31, "meta", (200, 200)) == "direct"  # flop counting on meta tensors
+    x = torch.randn(1, 2, 64, 64, requires_grad=True)
+    w = torch.randn(2, 1, 31, 31)
+    assert _rel(depthwise_conv2d(x, w), direct_depthwise_conv2d(x, w)) < 1e-5
+
+
+def test_next_fast_len():
+    def smooth(m):
+        for f in (2, 3, 5, 7):
+            while m % f == 0:
+                m //= f
+        return m == 1
+
+    for n in range(1, 600):
+        m = next_fast_len(n)
+        assert m >= n and smooth(m)
+        assert not any(smooth(j) for j in range(n, m))
