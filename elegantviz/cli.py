@@ -59,6 +59,19 @@ def _info(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from elegantviz.engine.evaluate import evaluate_scene, format_report, write_report
+
+    for path in args.scenes:
+        report = evaluate_scene(path, pred=args.pred, gt=args.gt, pairs=args.pair, convention=args.convention,
+                                tolerance=args.tolerance, write_error_map=not args.no_error_map,
+                                progress=not args.quiet)
+        out = Path(args.out) / Path(path).stem if len(args.scenes) > 1 else Path(args.out)
+        js, png = write_report(report, out)
+        print(format_report(report))
+        print(f"report: {js}  figure: {png}")
+
+
 def _models(args: argparse.Namespace) -> None:
     from elegantviz.models.registry import print_models
 
@@ -109,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("scene", help="scene store path or URL")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--no-histogram", action="store_true", help="skip the class histograms (a full pass)")
+
+    e = add("evaluate", _evaluate, "metrics of labels/pred against labels/gt, confusion pairs and their regions")
+    e.add_argument("scenes", nargs="+", help="scene stores with labels/pred and labels/gt")
+    e.add_argument("--pred", default="pred", help="labels to evaluate (default pred)")
+    e.add_argument("--gt", default="gt", help="ground-truth labels (default gt)")
+    e.add_argument("--pair", action="append", metavar="TRUE:PRED",
+                   help="confusion pair to map and list, e.g. river:pond (repeat; default: the class table's)")
+    e.add_argument("--convention", choices=["all", "deepglobe", "inria"], default="all",
+                   help="mIoU convention: all classes, DeepGlobe (classes 1..6) or Inria (building IoU)")
+    e.add_argument("--tolerance", type=int, default=2, help="boundary F-score tolerance in pixels (default 2)")
+    e.add_argument("--out", default="evaluation", help="folder for report.json and confusion_matrix.png")
+    e.add_argument("--no-error-map", action="store_true", help="do not store labels/error in the scene")
 
     m = add("models", _models, "list the model presets with parameter counts and GFLOPs at 1024^2")
     m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Sequence
 
 import dask
 import dask.array as da
@@ -124,7 +125,23 @@ def run_threaded(items, fn, desc: str, progress: bool = True, total: int | None 
     return results
 
 
-def map_blocks_collect(arr: da.Array, fn, desc: str, progress: bool = True) -> list:
-    """``fn`` of every block of a lazy array (e.g. counts, unique values), one block at a time."""
-    blocks = arr.to_delayed(optimize_graph=True).ravel()
-    return run_threaded(blocks, lambda d: fn(d.compute(scheduler="sync")), desc, progress)
+def map_blocks_collect(arrays: da.Array | Sequence[da.Array], fn, desc: str, progress: bool = True,
+                       with_index: bool = False) -> list:
+    """``fn`` of every block (e.g. counts, unique values), one block at a time, in block order.
+
+    With several arrays (same chunks), ``fn`` gets one block of each; with ``with_index`` it
+    also gets the block's index first.
+    """
+    many = not isinstance(arrays, da.Array)
+    arrays = list(arrays) if many else [arrays]
+    grids = [a.to_delayed(optimize_graph=True) for a in arrays]
+    if any(g.shape != grids[0].shape for g in grids):
+        raise ValueError(f"arrays have different block grids: {[g.shape for g in grids]}")
+    index = list(np.ndindex(grids[0].shape))
+
+    def one(idx):
+        blocks = [g[idx].compute(scheduler="sync") for g in grids]
+        args = blocks if many else blocks[:1]
+        return fn(idx, *args) if with_index else fn(*args)
+
+    return run_threaded(index, one, desc, progress)

@@ -19,7 +19,7 @@ import numpy as np
 from elegantviz.data.classes import IGNORE_INDEX, ClassTable, get_class_table, table_from_values
 from elegantviz.errors import InputError
 from elegantviz.io.blocks import map_blocks_collect
-from elegantviz.io.geo import BandRef, RasterMeta, RasterSource, common_nodata, describe
+from elegantviz.io.geo import BandRef, RasterMeta, RasterSource, common_nodata, describe, small_gdal_cache
 from elegantviz.io.store import DEFAULT_TILE, Scene, create_scene
 
 
@@ -119,6 +119,11 @@ def convert_raster(
     paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(s) for s in sources]
     if not paths:
         raise InputError("no input raster given")
+    with small_gdal_cache():
+        return _convert(paths, out, bands, band_names, mask, classes, strict, nodata, tile, overwrite, progress)
+
+
+def _convert(paths, out, bands, band_names, mask, classes, strict, nodata, tile, overwrite, progress) -> ConvertResult:
     first, refs = _gather_bands(paths, parse_band_list(bands))
     source = RasterSource(refs, first.height, first.width, nodata=None)
     source.nodata = nodata if nodata is not None else common_nodata(refs, source.dtype)

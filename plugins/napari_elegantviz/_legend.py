@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from napari.layers import Labels
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
@@ -17,7 +18,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QTableWidget, QTableW
 from elegantviz.data.classes import ClassTable
 
 from ._palette import label_colormap, table_from_layer
-from ._shares import count_blocks, count_window, counting_level, shares, view_window
+from ._shares import count_blocks, count_window, counting_level, shares, view_box, view_window
 
 if TYPE_CHECKING:
     import napari
@@ -89,7 +90,7 @@ class ClassLegend(QWidget):
 
     # -- which layer ----------------------------------------------------------------------------
     def _labels_layers(self) -> list:
-        return [ly for ly in self.viewer.layers if ly._type_string == "labels"]
+        return [ly for ly in self.viewer.layers if isinstance(ly, Labels)]
 
     def _sync_layers(self, event=None) -> None:
         names = [ly.name for ly in self._labels_layers()]
@@ -176,8 +177,8 @@ class ClassLegend(QWidget):
         if layer is not self.layer:
             return
         done, total, counts = out
-        self.scene_counts = counts
-        if done == total:
+        if done == total:  # partial counts would show wrong shares
+            self.scene_counts = counts
             self._fill()
 
     def _scene_done(self, layer) -> None:
@@ -194,9 +195,11 @@ class ClassLegend(QWidget):
         from napari.qt.threading import create_worker
 
         levels = _levels(self.layer)
-        level_index = self.layer.data_level if self.layer.multiscale else 0
+        camera = self.viewer.scene.camera
+        world = view_box(camera.center, camera.zoom, self.viewer.canvas.size)
+        box = np.stack([self.layer.world_to_data(np.r_[corner])[-2:] for corner in world])
+        level_index, window = view_window(levels, np.sort(box, axis=0))
         level = levels[level_index]
-        window = view_window(self.layer.corner_pixels, level.shape[-2:])
         source = level if hasattr(level, "numblocks") else _as_dask(level)
         worker = create_worker(count_window, source, window, _start_thread=False)
         layer = self.layer

@@ -103,6 +103,7 @@ class ErrorNavigator(QWidget):
         pair = self.pair_box.currentText()
         self.shown = [r for r in self.regions if pair in ("", ALL_PAIRS) or r.pair == pair]
         self.grid.blockSignals(True)
+        self.grid.clearSelection()
         self.grid.setRowCount(len(self.shown))
         for row, r in enumerate(self.shown):
             for col, text in enumerate((r.pair, f"{r.area:,d}", ", ".join(map(str, r.bbox)))):
@@ -111,6 +112,8 @@ class ErrorNavigator(QWidget):
 
     # -- going there ----------------------------------------------------------------------------
     def select_row(self, row: int) -> None:
+        """Select a row as a click would (going there even if it was selected already)."""
+        self.grid.clearSelection()
         self.grid.selectRow(row)
 
     def _selected(self) -> None:

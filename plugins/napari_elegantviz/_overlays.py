@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -81,7 +82,7 @@ class Overlays(QWidget):
         for row, layer in enumerate(layers):
             self._add_row(row, layer)
         self.empty_note.setVisible(not layers)
-        labels = [ly.name for ly in self.viewer.layers if ly._type_string == "labels" and not overlay_part(ly)]
+        labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and not overlay_part(ly)]
         current = self.source_box.currentText()
         self.source_box.clear()
         self.source_box.addItems(labels)
@@ -102,7 +103,7 @@ class Overlays(QWidget):
             style.addItems(HARD_COLOURS)
             style.setCurrentText(layer.metadata["elegantviz"].get("colour", HARD_COLOUR))
             style.currentTextChanged.connect(lambda c, ly=layer: self.set_hard_colour(ly, c))
-        elif layer._type_string == "image":
+        elif isinstance(layer, Image):
             names = list(MAP_COLORMAPS)
             if layer.colormap.name not in names:
                 names.insert(0, layer.colormap.name)

@@ -2,8 +2,8 @@
 
 The scene share is counted on the finest pyramid level with at most ``SCENE_COUNT_PIXELS``
 pixels (exact for scenes up to 4096^2, mode-pooled and so very close above), chunk by chunk so
-a worker can report progress and stop when cancelled. The view share counts the labels napari
-is showing: the visible window of the level on screen.
+a worker can report progress and stop when cancelled. The view share counts the window the
+camera shows, on the finest level where that window has at most ``VIEW_COUNT_PIXELS`` pixels.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 
 SCENE_COUNT_PIXELS = 4096 * 4096
+VIEW_COUNT_PIXELS = 2048 * 2048
 
 
 def counting_level(levels: list[da.Array]) -> int:
@@ -33,12 +34,29 @@ def count_blocks(level: da.Array) -> Iterator[tuple[int, int, np.ndarray]]:
         yield k, len(blocks), counts.copy()
 
 
-def view_window(corner_pixels: np.ndarray, shape: tuple[int, int]) -> tuple[slice, slice]:
-    """napari's ``corner_pixels`` (data-level indices, inclusive) as clipped slices."""
-    (y0, x0), (y1, x1) = np.asarray(corner_pixels, np.int64)[:, -2:]
-    y0, x0 = max(int(y0), 0), max(int(x0), 0)
-    y1, x1 = min(int(y1) + 1, shape[0]), min(int(x1) + 1, shape[1])
-    return slice(y0, max(y1, y0)), slice(x0, max(x1, x0))
+def view_box(center: tuple[float, float], zoom: float, canvas_hw: tuple[int, int]) -> np.ndarray:
+    """World corners [[y0, x0], [y1, x1]] the camera shows (zoom = canvas pixels per world unit)."""
+    half = np.asarray(canvas_hw, np.float64) / (2 * zoom)
+    c = np.asarray(center, np.float64)[-2:]
+    return np.stack([c - half, c + half])
+
+
+def view_window(levels: list, box: np.ndarray) -> tuple[int, tuple[slice, slice]]:
+    """The finest level whose visible window has at most ``VIEW_COUNT_PIXELS`` pixels, and that window.
+
+    ``box`` is in level-0 pixel coordinates; computed from the camera, not from the last draw,
+    so it is right even before napari has painted the new view.
+    """
+    h0, w0 = levels[0].shape[-2:]
+    for k, lvl in enumerate(levels):
+        h, w = lvl.shape[-2:]
+        fy, fx = h0 / h, w0 / w
+        y0, y1 = int(np.floor(max(box[0, 0] + 0.5, 0) / fy)), int(np.ceil(min(box[1, 0] + 0.5, h0) / fy))
+        x0, x1 = int(np.floor(max(box[0, 1] + 0.5, 0) / fx)), int(np.ceil(min(box[1, 1] + 0.5, w0) / fx))
+        y1, x1 = max(min(y1, h), y0), max(min(x1, w), x0)
+        if (y1 - y0) * (x1 - x0) <= VIEW_COUNT_PIXELS or k == len(levels) - 1:
+            return k, (slice(y0, y1), slice(x0, x1))
+    raise AssertionError("unreachable")
 
 
 def count_window(level: da.Array, window: tuple[slice, slice]) -> np.ndarray:

@@ -1,0 +1,190 @@
+"""napari viewer benchmark: a large riverworld scene store with gt, pred, hard, boundary, attention.
+
+Measures what a user feels: time from ``viewer.open`` to the first rendered frame, frame time
+after panning and zooming at level 0 (camera move until a frame showing the new data is on
+screen, screenshot read-back included, so an upper bound), and resident memory. Goals: <= 2 s,
+<= 100 ms, <= 1.5 GB. Writes benchmarks/results/viewer.json.
+
+    xvfb-run -a python benchmarks/viewer.py             # 20,000 px, builds the store once
+    xvfb-run -a python benchmarks/viewer.py --size 4096 # quicker
+
+The extra layers stand in for what prediction will write (it does not exist yet): pred is gt
+with ponds and rivers swapped in a band of the scene, hard is a noise-chosen 10 % of pixels,
+boundary is the Sobel boundary of gt (float16, full resolution) and attention a smooth noise
+map at stride 8 (the feature resolution the model's keys live at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SCRATCH = HERE / "scratch"
+RESULT = HERE / "results" / "viewer.json"
+GOALS = {"first_frame_s": 2.0, "frame_ms": 100.0, "rss_gb": 1.5}
+PAN_STEPS = 12
+SEED = 0
+
+
+def build_store(size: int) -> Path:
+    """Synthesize the scene (once) and add the stand-in evidence layers that are missing."""
+    import dask.array as da
+
+    from elegantviz.data.synthetic import POND, RIVER, synthesize_riverworld, value_noise
+    from elegantviz.io.store import open_scene
+    from napari_elegantviz._boundary import boundary_levels
+
+    path = SCRATCH / f"riverworld{size // 1000}k.zarr" if size >= 10000 else SCRATCH / f"riverworld{size}.zarr"
+    try:
+        scene = open_scene(path, mode="r+")
+    except Exception:
+        scene = synthesize_riverworld(path, height=size, seed=SEED, progress=True)
+        scene = open_scene(path, mode="r+")
+    gt = scene.label("gt")
+
+    def noise(block_info=None, salt=0, scale=300.0):
+        (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
+        ys = np.arange(y0, y1, dtype=np.float64)[:, None]
+        xs = np.arange(x0, x1, dtype=np.float64)[None, :]
+        return value_noise(SEED, 100 + salt, ys, xs, scale).astype(np.float32)
+
+    def swap_water(block, block_info=None):
+        (y0, y1), _ = block_info[0]["array-location"]
+        out = block.copy()
+        band = (np.arange(y0, y1) * 3 // size == 1)[:, None]  # the middle third of the scene
+        out[band & (block == RIVER)] = POND
+        out[band & (block == POND)] = RIVER
+        return out
+
+    if "pred" not in scene.labels:
+        scene.add_labels("pred", gt.map_blocks(swap_water, dtype=np.uint8), classes=scene.classes)
+    if "hard" not in scene.labels:
+        hard = da.map_blocks(noise, chunks=gt.chunks, dtype=np.float32, salt=1, scale=40.0)
+        scene.add_labels("hard", (hard > 0.78).astype(np.uint8), classes=None)
+    if "boundary" not in scene.maps:
+        scene.add_map("boundary", boundary_levels([gt])[0], attrs={"contrast_limits": [0, 1]})
+    if "attention" not in scene.maps:
+        small = -(-size // 8)
+        chunks = ((min(512, small),) * (small // 512) + ((small % 512,) if small % 512 else ()),) * 2
+        attention = da.map_blocks(noise, chunks=chunks, dtype=np.float32, salt=2, scale=60.0)
+        scene.add_map("attention", attention, attrs={"stride": 8, "contrast_limits": [0, 1]})
+    return path
+
+
+def rss_gb() -> tuple[float, float]:
+    """(current, peak) resident memory of this process in GB."""
+    status = Path("/proc/self/status").read_text()
+    field = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")}
+    return field.get("VmRSS", 0) / 2**20, field.get("VmHWM", 0) / 2**20
+
+
+def measure(path: Path, all_visible: bool) -> dict:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1400, 1000)
+    QApplication.processEvents()
+    t0 = time.perf_counter()
+    layers = viewer.open(str(path), plugin="elegantviz")
+    if all_visible:
+        for layer in layers:
+            layer.visible = True
+    viewer.screenshot(canvas_only=True, flash=False)  # draws; the draw asks for the on-screen chunks
+    first = viewer.screenshot(canvas_only=True, flash=False)  # the frame with them
+    first_frame = time.perf_counter() - t0
+    assert first[..., :3].std() > 5, "the first frame is blank"
+
+    camera = viewer.scene.camera
+    h, w = layers[0].data[0].shape[:2]
+    camera.zoom = 1.0  # one screen pixel per image pixel: napari shows level 0
+    centre = np.array([h / 3, w / 3])
+    camera.center = tuple(centre)
+    viewer.screenshot(canvas_only=True, flash=False)
+    viewer.screenshot(canvas_only=True, flash=False)
+    levels_shown = sorted({ly.data_level for ly in layers if ly.visible and ly.multiscale})
+    frames, zooms = [], []
+    previous = viewer.screenshot(canvas_only=True, flash=False)
+    lo, hi = np.array([300, 300]), np.array([h - 300, w - 300])
+    direction = np.array([1, 1])
+    for step in range(PAN_STEPS):  # pan by 400 px, bouncing off the edges: new chunks every time
+        move = np.array([0, 400]) if step % 2 == 0 else np.array([400, 0])
+        nxt = centre + direction * move
+        direction = np.where((nxt < lo) | (nxt > hi), -direction, direction)
+        centre = np.clip(centre + direction * move, lo, hi)
+        t = time.perf_counter()
+        camera.center = tuple(centre)
+        viewer.screenshot(canvas_only=True, flash=False)
+        shot = viewer.screenshot(canvas_only=True, flash=False)
+        frames.append(time.perf_counter() - t)
+        assert np.abs(shot.astype(int) - previous.astype(int)).mean() > 1, "the pan did not change the frame"
+        previous = shot
+    for zoom in (2.0, 0.5, 1.0, 4.0, 1.0):  # zoom in and out around level 0
+        t = time.perf_counter()
+        camera.zoom = zoom
+        viewer.screenshot(canvas_only=True, flash=False)
+        viewer.screenshot(canvas_only=True, flash=False)
+        zooms.append(time.perf_counter() - t)
+    current, peak = rss_gb()
+    viewer.close()
+    frames_ms = np.array(frames) * 1000
+    zooms_ms = np.array(zooms) * 1000
+    return {
+        "layers": [ly.name for ly in layers],
+        "visible": [ly.name for ly in layers if ly.visible],
+        "first_frame_s": round(first_frame, 3),
+        "pan_frame_ms": {"median": round(float(np.median(frames_ms)), 1), "max": round(float(frames_ms.max()), 1)},
+        "zoom_frame_ms": {"median": round(float(np.median(zooms_ms)), 1), "max": round(float(zooms_ms.max()), 1)},
+        "levels_shown_at_zoom_1": levels_shown,
+        "rss_gb": round(current, 3),
+        "peak_rss_gb": round(peak, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=20000, help="scene height and width in pixels (default 20000)")
+    p.add_argument("--prepare-only", action="store_true", help="build the store and stop")
+    p.add_argument("--all-visible", action="store_true", help="only the run with every layer visible")
+    args = p.parse_args(argv)
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    path = build_store(args.size)
+    if args.prepare_only:
+        print(f"store ready: {path}")
+        return 0
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        sys.exit("no display: run under xvfb-run -a (napari needs OpenGL)")
+    runs = {}
+    if not args.all_visible:
+        runs["default"] = measure(path, all_visible=False)  # image + gt, the rest hidden
+    runs["all_visible"] = measure(path, all_visible=True)  # image, gt, pred, hard, boundary, attention
+    result = {
+        "benchmark": "napari viewer on a scene store",
+        "size": args.size,
+        "store": str(path.relative_to(HERE.parent)),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "goals": GOALS,
+        "runs": runs,
+        "meets_goals": {
+            "first_frame": all(r["first_frame_s"] <= GOALS["first_frame_s"] for r in runs.values()),
+            "frame": all(r["pan_frame_ms"]["median"] <= GOALS["frame_ms"] for r in runs.values()),
+            "rss": all(r["peak_rss_gb"] <= GOALS["rss_gb"] for r in runs.values()),
+        },
+        "note": "frame = camera move until a screenshot shows the new data (two renders + read-back): an upper bound",
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

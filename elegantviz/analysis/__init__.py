@@ -1,0 +1,1 @@
+"""Analysis of predictions: boundaries, confusion-pair errors and regions, attention."""

@@ -1,0 +1,1 @@
+"""Training, prediction and evaluation: orchestration over the models, offload and io packages."""

@@ -1,0 +1,101 @@
+"""`elegantviz evaluate`: compare labels/pred with labels/gt over whole scenes, block by block.
+
+Writes a JSON report (metrics, confusion matrix, confusion-pair regions) and a confusion-matrix
+PNG, and stores the error map as ``labels/error`` with the pairs and regions in its
+attributes, so the napari error navigator can list them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from elegantviz.analysis.boundaries import boundary_fscore
+from elegantviz.analysis.errors import error_map, pair_name, pair_regions, parse_pairs
+from elegantviz.analysis.metrics import confusion_matrix, summarize
+from elegantviz.data.classes import ClassInfo, ClassTable
+from elegantviz.errors import InputError
+from elegantviz.io.store import open_scene
+
+ERROR_LABEL = "error"
+
+
+def error_table(pairs: list[tuple[int, int]], table: ClassTable) -> ClassTable:
+    """Class table of an error map: correct, one entry per pair, other errors."""
+    colours = [(230, 25, 75), (245, 130, 48), (255, 225, 25), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
+    rows = [ClassInfo(0, "correct", (0, 0, 0), (0,))]
+    for k, pair in enumerate(pairs, start=1):
+        rows.append(ClassInfo(k, pair_name(pair, table), colours[(k - 1) % len(colours)], (k,)))
+    rows.append(ClassInfo(len(pairs) + 1, "other error", (128, 128, 128), (len(pairs) + 1,)))
+    return ClassTable(name="errors", classes=tuple(rows))
+
+
+def evaluate_scene(
+    path: str | Path,
+    pred: str = "pred",
+    gt: str = "gt",
+    pairs: list[str] | None = None,
+    convention: str = "all",
+    tolerance: int = 2,
+    write_error_map: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Metrics of one scene store; see the module docstring for what is written."""
+    scene = open_scene(path, mode="a")
+    for name in (gt, pred):
+        if name not in scene.labels:
+            raise InputError(f"{path}: has no labels/{name} (has: {', '.join(scene.labels) or 'none'})")
+    table = scene.label_classes(gt) or scene.classes
+    if table is None:
+        raise InputError(f"{path}: labels/{gt} has no class table")
+    g, p = scene.label(gt), scene.label(pred)
+    cm = confusion_matrix(g, p, table.num_classes, table.ignore_index, progress)
+    report = {"scene": str(path), "pred": pred, "gt": gt, **summarize(cm, table.names, convention)}
+    report["boundary"] = boundary_fscore(g, p, tolerance, table.ignore_index, progress)
+    report["confusion_matrix"] = cm.tolist()
+    report["class_names"] = table.names
+    pair_ids = parse_pairs(pairs, table)
+    values = {name: scene.map(name) for name in ("margin",) if name in scene.maps and scene.map(name).shape == g.shape}
+    if "hard" in scene.labels:
+        values["hard"] = scene.label("hard").astype(np.float32)
+    report["pairs"] = pair_regions(g, p, pair_ids, table, values, progress=progress)
+    if write_error_map and pair_ids:
+        scene.add_labels(ERROR_LABEL, error_map(g, p, pair_ids), classes=error_table(pair_ids, table), overwrite=True,
+                         progress=progress)
+        group = scene.root[f"labels/{ERROR_LABEL}"]
+        meta = dict(group.attrs["elegantviz"])
+        meta["pairs"] = [{"pair": e["pair"], "pixels": e["pixels"], "regions": e["regions"][:200]} for e in report["pairs"]]
+        group.attrs["elegantviz"] = meta
+    return report
+
+
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """report.json and confusion_matrix.png in ``out_dir``."""
+    from elegantviz.viz.plots import confusion_matrix_figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js = out / "report.json"
+    tmp = js.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(js)
+    fig = confusion_matrix_figure(np.asarray(report["confusion_matrix"]), report["class_names"],
+                                  title=f"{Path(report['scene']).name}: mIoU {100 * report['miou']:.2f}")
+    png = out / "confusion_matrix.png"
+    fig.savefig(png, dpi=110)
+    return js, png
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['scene']}: mIoU {100 * report['miou']:.2f} ({report['convention']}), "
+             f"OA {100 * report['overall_accuracy']:.2f}, mean F1 {100 * report['mean_f1']:.2f}, "
+             f"boundary F {100 * report['boundary']['fscore']:.2f} (tolerance {report['boundary']['tolerance_px']} px)"]
+    for name, v in report["per_class"].items():
+        iou = "  n/a" if v["iou"] is None else f"{100 * v['iou']:5.1f}"
+        lines.append(f"  {name:<22} IoU {iou}   gt {v['gt_pixels']:>12,d} px")
+    for e in report["pairs"]:
+        top = ", ".join(f"{r['area']} px at y{r['bbox'][0]} x{r['bbox'][1]}" for r in e["regions"][:3])
+        lines.append(f"  {e['pair']:<22} {e['pixels']:>10,d} px in {e['regions_total']} regions" + (f"; largest: {top}" if top else ""))
+    return "\n".join(lines)
