@@ -1,0 +1,129 @@
+"""Training configs: dataclasses, YAML in and out, named configs shipped in elegantviz/configs.
+
+Unknown keys are errors (a typo in a YAML file must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from elegantviz.errors import InputError
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)  # scene stores (paths or URLs)
+    val: list[str] = field(default_factory=list)
+    label: str = "gt"
+    mode: str = "holistic"  # holistic: whole scenes; sliced: random crops (the paper's ablation)
+    crop_size: int = 512
+    level: int = 0  # pyramid level to train on (1 halves the resolution)
+    flips: bool = True
+    rot90: bool = True
+
+
+@dataclass
+class ModelConfig:
+    name: str = "elegantseg-cpu"
+    pretrained: bool = False
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    w_bd: float = 1.0
+    w_aux: float = 0.4
+    sobel_ksize: int = 5
+
+
+@dataclass
+class OptimConfig:
+    """The paper's schedule: SGD, a constant warm-up, then step decays of the base rate."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int = 1500
+    warmup_lr: float = 5e-5
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])  # fractions of iters
+    gamma: float = 0.1  # 0.01 -> 0.001 -> 0.0001
+    head_lr_mult: float = 10.0
+    accumulate: int = 1  # gradient accumulation: effective batch = accumulate scenes
+
+
+@dataclass
+class MemoryConfig:
+    policy: str = "auto"  # auto | none | checkpoint | disk | checkpoint+disk | host
+    budget: str | None = None  # e.g. 12GB; default: free memory with a margin
+    spill_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    iters: int = 40000
+    val_every: int = 1000
+    ckpt_every: int = 1000
+    log_every: int = 10
+    out_dir: str = "runs/elegantseg"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        factory = known[name].default_factory
+        nested = isinstance(factory, type) and dataclasses.is_dataclass(factory)
+        kwargs[name] = _build(factory, value, f"{where}.{name}") if nested else value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
+    return _build(TrainConfig, data or {}, where)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """A YAML file, or the name of a config shipped with elegantviz (see `list_configs`)."""
+    p = Path(path)
+    if not p.exists():
+        shipped = resources.files("elegantviz") / "configs" / f"{path}.yaml"
+        if not shipped.is_file():
+            raise InputError(f"{path}: no such config file, nor a shipped config ({', '.join(list_configs())})")
+        text, where = shipped.read_text(), f"elegantviz/configs/{path}.yaml"
+    else:
+        text, where = p.read_text(), str(p)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{where}: not valid YAML ({e})") from None
+    return config_from_dict(data, where)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def list_configs() -> list[str]:
+    folder = resources.files("elegantviz") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))

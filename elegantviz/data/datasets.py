@@ -1,0 +1,132 @@
+"""Samplers over scene stores: whole scenes (holistic) or random crops (sliced), same stores.
+
+Images are normalised per band with statistics of the coarsest pyramid level (cheap, and
+stored in the checkpoint so prediction normalises the same way); nodata becomes 0 after
+normalisation and its labels become ignore.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from elegantviz.data.classes import IGNORE_INDEX, ClassTable
+from elegantviz.data.transforms import random_crop, random_dihedral
+from elegantviz.errors import InputError
+from elegantviz.io.store import Scene, open_scene
+
+
+@dataclass
+class Normalization:
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def of_scenes(cls, scenes: list[Scene]) -> "Normalization":
+        sums, sq, count = 0.0, 0.0, 0
+        for s in scenes:
+            top = np.asarray(s.image(s.num_levels - 1).compute(), np.float64)
+            valid = _valid(top, s.nodata)
+            x = np.where(valid, top, 0.0)
+            sums = sums + x.sum((1, 2))
+            sq = sq + (x * x).sum((1, 2))
+            count = count + valid.sum((1, 2))
+        count = np.maximum(count, 1)
+        mean = sums / count
+        std = np.sqrt(np.maximum(sq / count - mean**2, 1e-12))
+        return cls([float(v) for v in mean], [float(max(v, 1e-6)) for v in std])
+
+    def apply(self, image: np.ndarray, nodata: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 image and the (h, w) mask of pixels valid in every band."""
+        x = image.astype(np.float32)
+        valid = _valid(x, nodata).all(0)
+        mean = np.asarray(self.mean, np.float32)[:, None, None]
+        std = np.asarray(self.std, np.float32)[:, None, None]
+        x = (x - mean) / std
+        x[:, ~valid] = 0.0
+        return np.nan_to_num(x, nan=0.0), valid
+
+
+def _valid(x: np.ndarray, nodata: float | None) -> np.ndarray:
+    ok = ~np.isnan(x)
+    if nodata is not None and not math.isnan(nodata):
+        ok &= x != nodata
+    return ok
+
+
+def expand_paths(patterns: list[str], what: str) -> list[str]:
+    """Local glob patterns (scenes/train-*.zarr) expanded in sorted order; URLs kept as they are."""
+    paths = []
+    for pattern in patterns:
+        if "://" not in pattern and any(ch in pattern for ch in "*?["):
+            found = sorted(glob.glob(pattern))
+            if not found:
+                raise InputError(f"{what} scenes: {pattern!r} matches no file")
+            paths += found
+        else:
+            paths.append(pattern)
+    return paths
+
+
+def open_training_scenes(paths: list[str], label: str, what: str) -> tuple[list[Scene], ClassTable]:
+    if not paths:
+        raise InputError(f"no {what} scenes given")
+    scenes = [open_scene(p) for p in expand_paths(paths, what)]
+    tables = []
+    for s in scenes:
+        if label not in s.labels:
+            raise InputError(f"{s.url}: has no labels/{label} to train on (has: {', '.join(s.labels) or 'none'})")
+        tables.append(s.label_classes(label) or s.classes)
+    first = scenes[0]
+    for s, t in zip(scenes[1:], tables[1:]):
+        if t != tables[0]:
+            raise InputError(f"{s.url}: its class table differs from {first.url}'s")
+        if s.shape[0] != first.shape[0]:
+            raise InputError(f"{s.url}: has {s.shape[0]} bands, {first.url} has {first.shape[0]}")
+    if tables[0] is None:
+        raise InputError(f"{first.url}: labels/{label} has no class table")
+    return scenes, tables[0]
+
+
+class SceneSampler:
+    """Endless training samples: one whole scene (holistic) or one random crop (sliced) at a time.
+
+    Its random state is a numpy Generator whose state goes into checkpoints, so a resumed run
+    draws the same samples as an uninterrupted one.
+    """
+
+    def __init__(self, scenes: list[Scene], norm: Normalization, label: str = "gt", mode: str = "holistic",
+                 crop_size: int = 512, level: int = 0, flips: bool = True, rot90: bool = True, seed: int = 0):
+        if mode not in ("holistic", "sliced"):
+            raise InputError(f"data.mode must be holistic or sliced, got {mode!r}")
+        self.scenes, self.norm, self.label, self.mode = scenes, norm, label, mode
+        self.crop_size, self.level, self.flips, self.rot90 = crop_size, level, flips, rot90
+        self.rng = np.random.default_rng(seed)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised image and labels of one scene at the training level (cached: scenes that
+        are trained holistically fit in host memory by design)."""
+        if index not in self._cache:
+            s = self.scenes[index]
+            img, valid = self.norm.apply(np.asarray(s.image(self.level).compute()), s.nodata)
+            lab = np.asarray(s.label(self.label, self.level).compute()).copy()
+            lab[~valid] = IGNORE_INDEX
+            self._cache[index] = (img, lab)
+        return self._cache[index]
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        index = int(self.rng.integers(len(self.scenes)))
+        img, lab = self.load(index)
+        if self.mode == "sliced":
+            img, lab = random_crop(img, lab, self.crop_size, self.rng)
+        return random_dihedral(img, lab, self.rng, self.flips, self.rot90)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state

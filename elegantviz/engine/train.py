@@ -1,0 +1,256 @@
+"""`elegantviz train`: holistic (or sliced) training with the paper's schedule, resumable.
+
+Checkpoints (``last.pt`` every ``ckpt_every`` iterations and at the end, ``best.pt`` on the best
+validation mIoU) are written to a temporary file and renamed, and hold everything a resume
+needs: model, optimizer, scheduler, every random state, the sampler's state and the config.
+Metrics go to ``log.jsonl`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from elegantviz.analysis.metrics import per_class_iou
+from elegantviz.config import TrainConfig, save_config
+from elegantviz.data.datasets import Normalization, SceneSampler, open_training_scenes
+from elegantviz.errors import InputError
+from elegantviz.losses import elegantseg_loss
+from elegantviz.models.registry import build_model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def lr_factor(it: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base rate at iteration ``it``: constant warm-up, then step decays."""
+    o = cfg.optim
+    if it < o.warmup_iters:
+        return o.warmup_lr / o.lr
+    steps = sum(it >= (m * cfg.iters if m < 1 else m) for m in o.milestones)
+    return o.gamma**steps
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The backbone at the base rate, everything after it (heads, MLK) at ``head_lr_mult`` x."""
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    return [{"params": backbone, "lr": cfg.optim.lr, "name": "backbone"},
+            {"params": heads, "lr": cfg.optim.lr * cfg.optim.head_lr_mult, "name": "heads"}]
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_states() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_states(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu"):
+    """Model, class table, normalisation and config from a checkpoint written by `train`."""
+    from elegantviz.config import config_from_dict
+    from elegantviz.data.classes import ClassTable
+
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise InputError(f"{path}: not a readable elegantviz checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise InputError(f"{path}: not an elegantviz checkpoint (no model/config entries)")
+    cfg = config_from_dict(ck["config"], f"{path} config")
+    table = ClassTable.from_dict(ck["classes"])
+    model = build_model(cfg.model.name, table.num_classes, ck["in_chans"], **cfg.model.overrides)
+    model.load_state_dict(ck["model"])
+    model.to(device).eval()
+    return model, table, Normalization(**ck["norm"]), cfg, ck
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.out_dir)
+        self.device = pick_device(cfg.device)
+        d = cfg.data
+        self.train_scenes, self.table = open_training_scenes(d.train, d.label, "training")
+        self.val_scenes = open_training_scenes(d.val, d.label, "validation")[0] if d.val else []
+        self.in_chans = self.train_scenes[0].shape[0]
+        self.bands = self.train_scenes[0].bands
+        self.norm = Normalization.of_scenes(self.train_scenes)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        overrides = dict(cfg.model.overrides)
+        if cfg.model.pretrained:
+            overrides["pretrained"] = True
+        self.model = build_model(cfg.model.name, self.table.num_classes, self.in_chans, **overrides).to(self.device)
+        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, cfg))
+        self.sampler = SceneSampler(self.train_scenes, self.norm, d.label, d.mode, d.crop_size, d.level, d.flips,
+                                    d.rot90, seed=cfg.seed)
+        self.iteration = 0
+        self.best_miou = -1.0
+        self.memory = nullcontext  # replaced by the offload policy when that package is present
+
+    # checkpoints ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state(),
+            "rng": _rng_states(),
+            "iteration": self.iteration,
+            "best_miou": self.best_miou,
+            "config": self.cfg.to_dict(),
+            "classes": self.table.to_dict(),
+            "norm": asdict(self.norm),
+            "in_chans": self.in_chans,
+            "bands": self.bands,
+        }
+
+    def save(self, name: str) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / name
+        save_atomic(self.state(), path)
+        return path
+
+    def resume(self, path: Path | None = None) -> None:
+        path = path or self.out / "last.pt"
+        if not path.exists():
+            raise InputError(f"{path}: nothing to resume from")
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.sampler.set_state(ck["sampler"])
+        _set_rng_states(ck["rng"])
+        self.iteration, self.best_miou = ck["iteration"], ck["best_miou"]
+
+    # steps ------------------------------------------------------------------------------------
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        img, lab = self.sampler.sample()
+        x = torch.from_numpy(img)[None].to(self.device, non_blocking=True)
+        y = torch.from_numpy(lab.astype(np.int64))[None].to(self.device, non_blocking=True)
+        return x, y
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def step(self) -> dict:
+        """One optimizer step over ``accumulate`` samples; returns the logged terms."""
+        self.model.train()
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = {"loss": 0.0, "seg": 0.0, "aux": 0.0}
+        for _ in range(cfg.optim.accumulate):
+            x, y = self._batch()
+            with self.memory(), self._autocast():
+                out = self.model(x)
+                loss, terms = elegantseg_loss(out, y, cfg.loss.w_bd, cfg.loss.w_aux, cfg.loss.sobel_ksize,
+                                              self.table.ignore_index, return_terms=True)
+                (loss / cfg.optim.accumulate).backward()
+            totals["loss"] += float(loss.detach()) / cfg.optim.accumulate
+            totals["seg"] += float(terms["seg"]) / cfg.optim.accumulate
+            totals["aux"] += float(terms["aux"]) / cfg.optim.accumulate
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        return totals
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Holistic forward of each validation scene; mIoU from the summed confusion matrix."""
+        self.model.eval()
+        k = self.table.num_classes
+        cm = np.zeros((k, k), np.int64)
+        for s in self.val_scenes:
+            img, valid = self.norm.apply(np.asarray(s.image(self.cfg.data.level).compute()), s.nodata)
+            lab = np.asarray(s.label(self.cfg.data.label, self.cfg.data.level).compute())
+            with self._autocast():
+                logits = self.model(torch.from_numpy(img)[None].to(self.device)).logits
+            pred = logits.argmax(1)[0].cpu().numpy()
+            keep = (lab != self.table.ignore_index) & valid
+            cm += np.bincount(lab[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
+        iou = per_class_iou(cm)
+        return {"miou": float(np.nanmean(iou)),
+                "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.table.names, iou)}}
+
+    def log(self, record: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self) -> Path:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        bar = tqdm(total=cfg.iters, initial=self.iteration, desc="train", unit="it", disable=not self.progress)
+        last_log = time.perf_counter()
+        try:
+            while self.iteration < cfg.iters:
+                terms = self.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                it = self.iteration
+                if it % cfg.log_every == 0 or it == cfg.iters:
+                    now = time.perf_counter()
+                    self.log({"iter": it, **terms, "lr": self.scheduler.get_last_lr()[0],
+                              "s_per_iter": (now - last_log) / max(1, min(cfg.log_every, it)), **self.meter_record()})
+                    last_log = now
+                if self.val_scenes and (it % cfg.val_every == 0 or it == cfg.iters):
+                    val = self.validate()
+                    self.log({"iter": it, "val": val})
+                    bar.write(f"iter {it}: val mIoU {100 * val['miou']:.2f}")
+                    if val["miou"] > self.best_miou:
+                        self.best_miou = val["miou"]
+                        self.save("best.pt")
+                if it % cfg.ckpt_every == 0 or it == cfg.iters:
+                    self.save("last.pt")
+        finally:
+            bar.close()
+        if not (self.out / "best.pt").exists():
+            self.save("best.pt")
+        return self.out / "best.pt"
+
+    def meter_record(self) -> dict:
+        return {}
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    trainer = Trainer(cfg, progress)
+    if resume:
+        trainer.resume()
+    return trainer.fit()
