@@ -59,6 +59,30 @@ def _info(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=2) if args.json else format_info(info))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from elegantviz.config import load_config
+    from elegantviz.engine.train import train
+
+    cfg = load_config(args.config)
+    if args.out:
+        cfg.out_dir = args.out
+    if args.iters:
+        cfg.iters = args.iters
+    best = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"best checkpoint: {best}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from elegantviz.engine.predict import predict_scene
+
+    for path in args.scenes:
+        summary = predict_scene(args.checkpoint, path, mode=args.mode, name=args.name, crop=args.crop,
+                                overlap=args.overlap, pairs=args.pair, device=args.device, progress=not args.quiet)
+        print(f"{path}: {summary['mode']} prediction in {summary['total_s']:.1f} s "
+              f"(network {summary['forward_s']:.1f} s{', resumed' if summary['resumed'] else ''}); "
+              f"wrote {', '.join(summary['written'])}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from elegantviz.engine.evaluate import evaluate_scene, format_report, write_report
 
@@ -122,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("scene", help="scene store path or URL")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--no-histogram", action="store_true", help="skip the class histograms (a full pass)")
+
+    t = add("train", _train, "train a model on scene stores from a YAML config (holistic or sliced)")
+    t.add_argument("config", help="YAML config file, or a shipped config name (riverworld-cpu, fbp, deepglobe, inria)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt exactly where it stopped")
+    t.add_argument("--out", help="run folder (overrides out_dir)")
+    t.add_argument("--iters", type=int, help="number of iterations (overrides iters)")
+
+    pr = add("predict", _predict, "predict whole scenes in place: labels/pred plus the model's evidence")
+    pr.add_argument("checkpoint", help="a checkpoint written by `elegantviz train` (best.pt or last.pt)")
+    pr.add_argument("scenes", nargs="+", help="scene stores")
+    pr.add_argument("--mode", choices=["holistic", "sliced"], default="holistic",
+                    help="holistic (whole scene, with evidence) or sliced (sliding windows, a baseline)")
+    pr.add_argument("--name", default="pred", help="labels name to write (default pred)")
+    pr.add_argument("--crop", type=int, default=512, help="window size for --mode sliced")
+    pr.add_argument("--overlap", type=float, default=1 / 3, help="window overlap for --mode sliced")
+    pr.add_argument("--pair", action="append", metavar="TRUE:PRED", help="confusion pairs for labels/error")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
     e = add("evaluate", _evaluate, "metrics of labels/pred against labels/gt, confusion pairs and their regions")
     e.add_argument("scenes", nargs="+", help="scene stores with labels/pred and labels/gt")

@@ -260,6 +260,16 @@ class Scene:
                 return parent[name]  # resume an interrupted write
         return parent.create_group(name)
 
+    def remove(self, kind: str, name: str) -> None:
+        """Delete ``labels/<name>`` or ``maps/<name>``, finished or not, and its ledger."""
+        if kind in self.root and name in self.root[kind]:
+            del self.root[kind][name]
+            if kind == "labels":
+                group = self.root["labels"]
+                names = [n for n in group.attrs.get("ome", {}).get("labels", []) if n != name]
+                group.attrs["ome"] = {"version": NGFF_VERSION, "labels": names}
+        self._drop_progress(f"{kind}/{name}")
+
     def _drop_progress(self, prefix: str) -> None:
         if PROGRESS_GROUP not in self.root:
             return

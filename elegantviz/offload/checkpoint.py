@@ -1,0 +1,253 @@
+"""Activation checkpointing of timm's HRNet (stem, layer1 blocks, HRNet modules) and of MLK.
+
+Recomputing a segment in backward instead of storing what it saves cuts HRNet-W18's saved
+activations by about 15x (issue 4). timm refuses ``set_grad_checkpointing`` for HRNet, so the
+segments are wrapped here, by giving each module an instance-level ``forward`` (parameters,
+``state_dict`` and hooks are untouched; :meth:`CheckpointHandle.remove` restores the class one).
+
+Three traps, each handled and tested:
+
+- an HRNet module's forward overwrites its input list in place (``x[i] = branch(x[i])``); the
+  recompute would then start from the branch outputs and the gradients would be silently wrong.
+  Lists are passed to the checkpoint as separate tensors and rebuilt fresh on every call;
+- BatchNorm in training mode updates its running statistics again on recompute; the recompute
+  runs under a context that puts them back, so they equal the plain run's bit for bit;
+- ``use_reentrant=False`` always (the reentrant variant ignores inputs without grad, breaks
+  saved-tensor hooks and recomputes whole segments).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["checkpoint_module", "uncheckpoint_module", "checkpoint_hrnet", "checkpointed", "find_hrnets",
+           "CheckpointHandle", "MLK_CLASS_NAMES"]
+
+_MARK = "_elegantviz_checkpoint"
+MLK_CLASS_NAMES = ("MLK", "LRD")
+
+
+class _RestoreBatchNormStats:
+    """Recompute context: snapshot BatchNorm running statistics on entry, put them back on exit.
+
+    Restoring through ``.data`` leaves the buffers' version counters alone (nothing in the graph
+    sees the restore), and works when the recompute stops early.
+    """
+
+    def __init__(self, norms: list[_BatchNorm]):
+        self.norms = norms
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [
+            (buf, buf.detach().clone())
+            for m in self.norms
+            if m.training and m.track_running_stats
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if buf is not None
+        ]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for buf, value in self.saved:
+                buf.data.copy_(value)
+        self.saved = []
+
+
+def _norms(modules: Iterable[nn.Module]) -> list[_BatchNorm]:
+    return [m for mod in modules for m in mod.modules() if isinstance(m, _BatchNorm)]
+
+
+def _context_fn(norms: list[_BatchNorm]) -> Callable[[], tuple[Any, Any]]:
+    return lambda: (nullcontext(), _RestoreBatchNormStats(norms))
+
+
+def _flatten(args: tuple) -> tuple[list[Any], Callable[[tuple], tuple]]:
+    """Lists/tuples of tensors become separate arguments; ``rebuild`` makes fresh lists each call."""
+    flat: list[Any] = []
+    spec: list[tuple[str, int]] = []
+    for a in args:
+        if isinstance(a, (list, tuple)) and all(isinstance(x, torch.Tensor) for x in a):
+            spec.append(("list" if isinstance(a, list) else "tuple", len(a)))
+            flat.extend(a)
+        else:
+            spec.append(("one", 1))
+            flat.append(a)
+
+    def rebuild(values: tuple) -> tuple:
+        out, i = [], 0
+        for kind, n in spec:
+            if kind == "one":
+                out.append(values[i])
+            else:
+                part = list(values[i:i + n])
+                out.append(part if kind == "list" else tuple(part))
+            i += n
+        return tuple(out)
+
+    return flat, rebuild
+
+
+def _run_checkpointed(fn: Callable, args: tuple, kwargs: dict, norms: list[_BatchNorm] | None,
+                      copy_inputs: bool) -> Any:
+    context_fn = _context_fn(norms) if norms is not None else _context_fn([])
+    if copy_inputs:
+        flat, rebuild = _flatten(args)
+        return checkpoint(lambda *v: fn(*rebuild(v), **kwargs), *flat, use_reentrant=False, context_fn=context_fn)
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
+
+
+def checkpoint_module(module: nn.Module, *, copy_inputs: bool = True, freeze_bn: bool = True) -> nn.Module:
+    """Run ``module``'s forward under non-reentrant checkpointing while grad is enabled.
+
+    ``copy_inputs=False`` and ``freeze_bn=False`` exist to demonstrate the traps; leave them on.
+    Returns the module (patched in place; idempotent).
+    """
+    if _MARK in module.__dict__:
+        return module
+    had_instance_forward = "forward" in module.__dict__
+    inner = module.forward
+    norms = _norms([module]) if freeze_bn else None
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return inner(*args, **kwargs)
+        return _run_checkpointed(inner, args, kwargs, norms, copy_inputs)
+
+    module.forward = forward  # type: ignore[method-assign]
+    setattr(module, _MARK, (had_instance_forward, inner))
+    return module
+
+
+def uncheckpoint_module(module: nn.Module) -> None:
+    """Undo :func:`checkpoint_module` (and :func:`_checkpoint_stem`)."""
+    mark = module.__dict__.pop(_MARK, None)
+    if mark is None:
+        return
+    had_instance_forward, inner = mark
+    if had_instance_forward:
+        module.forward = inner  # type: ignore[method-assign]
+    else:
+        del module.forward
+
+
+def _stem(body: nn.Module, x: torch.Tensor, keep_first: bool) -> Any:
+    x = body.act1(body.bn1(body.conv1(x)))
+    first = x
+    x = body.act2(body.bn2(body.conv2(x)))
+    return (first, x) if keep_first else x
+
+
+def _checkpoint_stem(body: nn.Module, freeze_bn: bool) -> bool:
+    """Checkpoint the two stem convolutions of a ``HighResolutionNetFeatures`` (False otherwise).
+
+    The stem is five separate modules called from the network's own forward, so the features
+    forward is replaced by one that runs them as one segment, then ``body.stages`` as timm does.
+    """
+    if _MARK in body.__dict__ or not hasattr(body, "_out_idx") or not hasattr(body, "stages"):
+        return False
+    had_instance_forward = "forward" in body.__dict__
+    inner = body.forward
+    norms = _norms([body.bn1, body.bn2]) if freeze_bn else None
+
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        if not torch.is_grad_enabled():
+            return inner(x)
+        keep_first = 0 in body._out_idx
+        res = _run_checkpointed(lambda t: _stem(body, t, keep_first), (x,), {}, norms, True)
+        out = []
+        if keep_first:
+            first, x = res
+            out.append(first)
+        else:
+            x = res
+        xs = body.stages(x)
+        if body.incre_modules is not None:
+            xs = [incre(f) for f, incre in zip(xs, body.incre_modules)]
+        out.extend(f for i, f in enumerate(xs) if i + 1 in body._out_idx)
+        return out
+
+    body.forward = forward  # type: ignore[method-assign]
+    setattr(body, _MARK, (had_instance_forward, inner))
+    return True
+
+
+def find_hrnets(model: nn.Module) -> list[nn.Module]:
+    """timm ``HighResolutionNet`` instances inside ``model`` (found by type, imported lazily)."""
+    from timm.models.hrnet import HighResolutionNet
+
+    return [m for m in model.modules() if isinstance(m, HighResolutionNet)]
+
+
+@dataclass
+class CheckpointHandle:
+    """What :func:`checkpoint_hrnet` wrapped; ``remove()`` restores the plain model."""
+
+    modules: list[nn.Module] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def remove(self) -> None:
+        for m in self.modules:
+            uncheckpoint_module(m)
+        self.modules.clear()
+        self.names.clear()
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+
+def checkpoint_hrnet(model: nn.Module, *, stem: bool = True, layer1: bool = True, modules: bool = True,
+                     mlk: bool = False, extra: Iterable[nn.Module] = (), copy_inputs: bool = True,
+                     freeze_bn: bool = True) -> CheckpointHandle:
+    """Checkpoint the segments of every timm HRNet in ``model`` (and MLK/LRD when ``mlk``).
+
+    Segments: the stem (two stride-2 convolutions), each block of ``layer1``, each
+    ``HighResolutionModule`` of stages 2-4; transitions stay stored (they are small and sit at
+    segment boundaries). ``extra`` adds any other modules. Raises if nothing was found.
+    """
+    handle = CheckpointHandle()
+    names = {id(m): n for n, m in model.named_modules()}
+
+    def add(m: nn.Module) -> None:
+        if _MARK not in m.__dict__:
+            checkpoint_module(m, copy_inputs=copy_inputs, freeze_bn=freeze_bn)
+            handle.modules.append(m)
+            handle.names.append(names.get(id(m), type(m).__name__))
+
+    for body in find_hrnets(model):
+        if stem and _checkpoint_stem(body, freeze_bn):
+            handle.modules.append(body)
+            handle.names.append(names.get(id(body), "hrnet") + ".<stem>")
+        if layer1 and isinstance(body.layer1, nn.Sequential):
+            for block in body.layer1:
+                add(block)
+        if modules:
+            for stage in (body.stage2, body.stage3, body.stage4):
+                for mod in stage:
+                    add(mod)
+    if mlk:
+        for m in model.modules():
+            if type(m).__name__ in MLK_CLASS_NAMES:
+                add(m)
+    for m in extra:
+        add(m)
+    if not handle.modules:
+        raise ValueError(f"nothing to checkpoint in {type(model).__name__}: no timm HRNet (or MLK) found")
+    return handle
+
+
+@contextmanager
+def checkpointed(model: nn.Module, **kwargs: Any) -> Iterator[CheckpointHandle]:
+    """``with checkpointed(model): forward; backward`` - checkpoint_hrnet, removed on exit."""
+    handle = checkpoint_hrnet(model, **kwargs)
+    try:
+        yield handle
+    finally:
+        handle.remove()

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from elegantviz.cli import main
+from elegantviz.config import config_from_dict
+from elegantviz.data.synthetic import synthesize_riverworld
+from elegantviz.engine import predict as predict_mod
+from elegantviz.engine.predict import predict_scene, sobel_map
+from elegantviz.engine.train import Trainer, load_model
+from elegantviz.errors import InputError
+from elegantviz.io.store import open_scene
+from elegantviz.losses import label_sobel
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pred")
+    paths = [str(synthesize_riverworld(root / f"s{i}.zarr", height=96, width=80, seed=i, tile=64, progress=False).url)
+             for i in range(2)]
+    cfg = config_from_dict({
+        "data": {"train": paths[:1], "val": []},
+        "model": {"name": "elegantseg-cpu", "overrides": {"dim": 16, "hidden_dim": 16}},
+        "optim": {"warmup_iters": 1}, "iters": 2, "ckpt_every": 2, "out_dir": str(root / "run"),
+    })
+    return Trainer(cfg, progress=False).fit()
+
+
+def fresh_scene(tmp_path, size=(100, 90), seed=7):
+    return synthesize_riverworld(tmp_path / "t.zarr", height=size[0], width=size[1], seed=seed, tile=64, progress=False)
+
+
+def test_holistic_prediction_writes_pred_and_evidence(checkpoint, tmp_path):
+    scene = fresh_scene(tmp_path)
+    summary = predict_scene(checkpoint, scene.url, progress=False)
+    s = open_scene(scene.url)
+    assert {"pred", "hard", "error"} <= set(s.labels)
+    assert {"margin", "boundary", "keys", "queries", "attention"} <= set(s.maps)
+    assert "_predict" not in s.root and not summary["resumed"]
+    # the stored prediction is the model's own argmax on the whole normalised scene
+    model, table, norm, cfg, _ = load_model(checkpoint)
+    img, _ = norm.apply(s.image().compute(), s.nodata)
+    with torch.no_grad():
+        out = model(torch.from_numpy(img)[None], return_evidence=True)
+    np.testing.assert_array_equal(s.label("pred").compute(), out.logits.argmax(1)[0].numpy())
+    stride = out.evidence.output_stride
+    hard = out.evidence.hard_mask()[0].numpy()
+    np.testing.assert_array_equal(s.label("hard").compute(), np.kron(hard, np.ones((stride, stride)))[:100, :90])
+    assert abs(hard.mean() - 0.1) < 0.02  # a = 10 %
+    # keys and queries reproduce the attention map the model computed for the hard region
+    keys = s.map("keys").compute().astype(np.float32)
+    queries = s.map("queries").compute().astype(np.float32)
+    idx = out.evidence.hard_indices[0].numpy()
+    q = queries.reshape(queries.shape[0], -1)[:, idx].mean(1)
+    att = np.einsum("d,dhw->hw", q, keys)
+    np.testing.assert_allclose(att, (out.evidence.attention_map(0) * hard.size).numpy(), rtol=0.02, atol=0.02)
+    # the error map codes river/pond confusions against gt
+    gt, pred, err = s.label("gt").compute(), s.label("pred").compute(), s.label("error").compute()
+    river, pond = table.id_of("river"), table.id_of("pond")
+    np.testing.assert_array_equal(err == 1, (gt == river) & (pred == pond))
+    np.testing.assert_array_equal(err == 0, gt == pred)
+
+
+def test_sobel_map_blockwise_equals_whole_map():
+    lab = (np.random.default_rng(0).random((70, 50)) < 0.3).astype(np.uint8)
+    import dask.array as da
+
+    got = sobel_map(da.from_array(lab, chunks=16)).compute()
+    want = label_sobel(torch.from_numpy(lab.astype(np.int64)), 5, ignore_index=None).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_interrupted_prediction_resumes_without_running_the_network(checkpoint, tmp_path, monkeypatch):
+    scene = fresh_scene(tmp_path)
+    calls = {"forward": 0}
+    real_forward = predict_mod.forward_holistic
+
+    def counting(*a, **k):
+        calls["forward"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(predict_mod, "forward_holistic", counting)
+    real_add_map = type(scene).add_map
+
+    def failing_add_map(self, name, *a, **k):
+        if name == "boundary":
+            raise KeyboardInterrupt("simulated kill")
+        return real_add_map(self, name, *a, **k)
+
+    monkeypatch.setattr(type(scene), "add_map", failing_add_map)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(checkpoint, scene.url, progress=False)
+    assert "_predict" in open_scene(scene.url).root
+    monkeypatch.setattr(type(scene), "add_map", real_add_map)
+    summary = predict_scene(checkpoint, scene.url, progress=False)
+    assert summary["resumed"] and calls["forward"] == 1
+    assert "boundary" in open_scene(scene.url).maps
+
+
+def test_sliced_prediction_and_band_mismatch(checkpoint, tmp_path, capsys):
+    scene = fresh_scene(tmp_path, size=(130, 120))
+    assert main(["predict", str(checkpoint), scene.url, "--mode", "sliced", "--crop", "64", "--name", "sliced", "-q"]) == 0
+    s = open_scene(scene.url)
+    assert "sliced" in s.labels and "error_sliced" in s.labels and "margin" not in s.maps
+    assert "crop" not in capsys.readouterr().err
+    from elegantviz.io.store import create_scene
+
+    three = create_scene(tmp_path / "three.zarr", np.zeros((3, 64, 64), np.uint8), progress=False)
+    with pytest.raises(InputError, match="three.zarr: has 3 bands, the model was trained on 4"):
+        predict_scene(checkpoint, three.url, progress=False)
