@@ -105,7 +105,7 @@ def _models(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from elegantviz.demo import run_demo
 
-    run_demo(Path(args.workdir), size=args.size, progress=not args.quiet)
+    run_demo(Path(args.workdir), size=args.size, iters=args.iters, progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = add("demo", _demo, "the main job end to end on a synthetic riverworld scene")
     d.add_argument("--workdir", default="demo", help="where the demo writes (default ./demo)")
-    d.add_argument("--size", type=int, default=1024, help="scene size in pixels (default 1024)")
+    d.add_argument("--size", type=int, default=512,
+                   help="training scene size in pixels (default 512; the held-out scene is twice as large)")
+    d.add_argument("--iters", type=int, help="training iterations (default: the riverworld-cpu config's)")
     return p
 
 

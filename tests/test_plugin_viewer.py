@@ -93,6 +93,7 @@ def test_legend_counts_scene_and_view_shares(make_napari_viewer, qtbot, store, g
     qtbot.waitUntil(lambda: legend.scene_counts is not None and legend.table.name == "hard", timeout=10000)
     qtbot.waitUntil(lambda: legend.share_text("hard region", "in scene") != "…", timeout=10000)
     assert legend.share_text("hard region", "in scene") == f"{100 * (gt == RIVER).mean():.1f} %"
+    assert legend.hidden == {0}  # "not hard" is drawn transparent, so it starts unticked
 
 
 def test_overlays_add_a_lazy_sobel_boundary(make_napari_viewer, store, gt):
@@ -109,6 +110,10 @@ def test_overlays_add_a_lazy_sobel_boundary(make_napari_viewer, store, gt):
     assert edge[:, :-1][changes].all() and edge.mean() < 0.2
     overlays.rows["margin"]["style"].setCurrentText("magma")
     assert viewer.layers["margin"].colormap.name == "magma"
+    overlays.rows["margin"]["visible"].setChecked(True)
+    assert viewer.layers["margin"].visible and viewer.layers["margin"].colorbar.visible
+    overlays.rows["margin"]["visible"].setChecked(False)
+    assert not viewer.layers["margin"].visible and not viewer.layers["margin"].colorbar.visible
 
 
 def test_error_navigator_loads_regions_and_zooms_there(make_napari_viewer, store, tmp_path):

@@ -109,3 +109,26 @@ def test_sliced_prediction_and_band_mismatch(checkpoint, tmp_path, capsys):
     three = create_scene(tmp_path / "three.zarr", np.zeros((3, 64, 64), np.uint8), progress=False)
     with pytest.raises(InputError, match="three.zarr: has 3 bands, the model was trained on 4"):
         predict_scene(checkpoint, three.url, progress=False)
+
+
+def test_attention_from_stored_keys_matches_the_model(checkpoint, tmp_path):
+    from elegantviz.analysis.attention import pixel_attention, region_attention
+
+    scene = fresh_scene(tmp_path)
+    predict_scene(checkpoint, scene.url, progress=False)
+    s = open_scene(scene.url)
+    model, _, norm, _, _ = load_model(checkpoint)
+    img, _ = norm.apply(s.image().compute(), s.nodata)
+    with torch.no_grad():
+        ev = model(torch.from_numpy(img)[None], return_evidence=True).evidence
+    # pick a hard pixel: its attention map is the model's own for that query
+    k = 3
+    flat = int(ev.hard_indices[0, k])
+    h, w = ev.feature_size
+    fy, fx = divmod(flat, w)
+    got = pixel_attention(s, fy * ev.output_stride, fx * ev.output_stride)
+    want = (ev.attention_map(0, hard=k) * h * w).numpy()
+    np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02)
+    region = region_attention(s, ev.hard_mask()[0].numpy())
+    np.testing.assert_allclose(region, s.map("attention", 0).compute()[::ev.output_stride, ::ev.output_stride][:h, :w],
+                               rtol=0.02, atol=0.02)

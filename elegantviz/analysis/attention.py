@@ -1,0 +1,53 @@
+"""Attention maps from what prediction stored, without the model.
+
+Efficient attention weights pixel p for query q by ``queries[:, q] . keys[:, p]`` (keys
+normalised over positions, queries over channels). Prediction stores both at feature
+resolution in ``maps/keys`` (scaled by the number of positions, so 1.0 means "as much as the
+average pixel") and ``maps/queries``; a click anywhere in the scene gives that pixel's map over
+the whole scene with one pass over the keys.
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+
+from elegantviz.errors import InputError
+from elegantviz.io.store import Scene
+
+
+def _stride(scene: Scene) -> int:
+    if "keys" not in scene.maps or "queries" not in scene.maps:
+        raise InputError(f"{scene.url}: no maps/keys and maps/queries; run `elegantviz predict` (holistic) first")
+    return int(scene.map_attrs("keys").get("stride", 1))
+
+
+def query_vector(scene: Scene, y: int, x: int) -> np.ndarray:
+    """The normalised query of the feature pixel under image pixel (y, x)."""
+    s = _stride(scene)
+    q = scene.map("queries")
+    fy, fx = min(y // s, q.shape[1] - 1), min(x // s, q.shape[2] - 1)
+    return np.asarray(q[:, fy, fx].compute(), np.float32)
+
+
+def attention_from_query(scene: Scene, query: np.ndarray) -> da.Array:
+    """(h, w) lazy map, at feature resolution, of the attention ``query`` pays to every pixel."""
+    keys = scene.map("keys").astype(np.float32)
+    return da.tensordot(query.astype(np.float32), keys, axes=(0, 0))
+
+
+def pixel_attention(scene: Scene, y: int, x: int) -> np.ndarray:
+    """Attention pixel (y, x) pays to every pixel (feature resolution, relative to uniform)."""
+    return np.asarray(attention_from_query(scene, query_vector(scene, y, x)).compute())
+
+
+def region_attention(scene: Scene, mask: np.ndarray) -> np.ndarray:
+    """Attention a set of pixels (a (h, w) boolean mask at feature resolution) pays on average."""
+    q = scene.map("queries")
+    _stride(scene)
+    if mask.shape != q.shape[1:]:
+        raise InputError(f"mask shape {mask.shape} != feature grid {q.shape[1:]}")
+    qs = np.asarray(q.compute(), np.float32)[:, mask]
+    if qs.shape[1] == 0:
+        raise InputError("empty region: no pixel selected")
+    return np.asarray(attention_from_query(scene, qs.mean(1)).compute())
