@@ -1,12 +1,16 @@
 """napari viewer benchmark: a large riverworld scene store with gt, pred, hard, boundary, attention.
 
 Measures what a user feels: time from ``viewer.open`` to the first rendered frame, frame time
-after panning and zooming at level 0 (camera move until a frame showing the new data is on
-screen, screenshot read-back included, so an upper bound), and resident memory. Goals: <= 2 s,
-<= 100 ms, <= 1.5 GB. Writes benchmarks/results/viewer.json.
+after panning and zooming at level 0 (camera move until the frame showing the new data is
+painted), and resident memory. Goals: <= 2 s, <= 100 ms, <= 1.5 GB. Writes
+benchmarks/results/viewer.json.
 
     xvfb-run -a python benchmarks/viewer.py             # 20,000 px, builds the store once
     xvfb-run -a python benchmarks/viewer.py --size 4096 # quicker
+
+Each configuration (window size x default or all layers visible) runs in its own process:
+"cold" is the first scene of that process (it also pays napari's one-off set-up: its pint unit
+registry and pandas, about 0.8 s here), "warm" a second scene in the same session.
 
 The extra layers stand in for what prediction will write (it does not exist yet): pred is gt
 with ponds and rivers swapped in a band of the scene, hard is a noise-chosen 10 % of pixels,
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,21 +91,53 @@ def rss_gb() -> tuple[float, float]:
     return field.get("VmRSS", 0) / 2**20, field.get("VmHWM", 0) / 2**20
 
 
-def measure(path: Path, all_visible: bool) -> dict:
+def measure(path: Path, all_visible: bool, window: tuple[int, int]) -> dict:
+    """One viewer: open the store, draw the first frame, then pan and zoom at level 0."""
     import napari
     from qtpy.QtWidgets import QApplication
+    from vispy.gloo import gl
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 1000)
+    viewer.window._qt_window.resize(*window)
     QApplication.processEvents()
+    scene_canvas = viewer.window._qt_viewer.canvas._scene_canvas  # vispy canvas (benchmark only)
+    draws = [0]
+    scene_canvas.events.draw.connect(lambda event: draws.__setitem__(0, draws[0] + 1))
+
+    def wait_draw(timeout: float) -> float | None:
+        """Run the Qt event loop, as napari does, until one more frame is drawn; its end time."""
+        target, end = draws[0] + 1, time.perf_counter() + timeout
+        while draws[0] < target and time.perf_counter() < end:
+            QApplication.processEvents()
+        if draws[0] < target:
+            return None
+        gl.glFinish()  # Mesa here: the frame is really finished
+        return time.perf_counter()
+
+    def frame() -> float:
+        """A camera change until its frame is on screen. The draw finds the new view and loads its
+        chunks synchronously; when napari then asks for another draw to show them, that one
+        counts too (a follow-up draw comes within a few ms; 0.3 s of quiet means there is none)."""
+        t = time.perf_counter()
+        scene_canvas.update()
+        done = wait_draw(10.0)
+        if done is None:
+            raise RuntimeError("no frame drawn within 10 s")
+        follow = wait_draw(0.3)
+        return (follow or done) - t
+
+    def render() -> None:
+        scene_canvas.update()
+        wait_draw(10.0)
+
     t0 = time.perf_counter()
     layers = viewer.open(str(path), plugin="elegantviz")
     if all_visible:
         for layer in layers:
             layer.visible = True
-    viewer.screenshot(canvas_only=True, flash=False)  # draws; the draw asks for the on-screen chunks
-    first = viewer.screenshot(canvas_only=True, flash=False)  # the frame with them
-    first_frame = time.perf_counter() - t0
+    opened = time.perf_counter() - t0
+    first_frame = opened + frame()
+    first = viewer.screenshot(canvas_only=True, flash=False)
     assert first[..., :3].std() > 5, "the first frame is blank"
 
     camera = viewer.scene.camera
@@ -108,10 +145,14 @@ def measure(path: Path, all_visible: bool) -> dict:
     camera.zoom = 1.0  # one screen pixel per image pixel: napari shows level 0
     centre = np.array([h / 3, w / 3])
     camera.center = tuple(centre)
-    viewer.screenshot(canvas_only=True, flash=False)
-    viewer.screenshot(canvas_only=True, flash=False)
-    levels_shown = sorted({ly.data_level for ly in layers if ly.visible and ly.multiscale})
-    frames, zooms = [], []
+    frame()
+    levels_shown = sorted({int(ly.data_level) for ly in layers if ly.visible and ly.multiscale})
+    idle = []
+    for _ in range(3):  # the floor: a repaint with nothing new to load
+        t = time.perf_counter()
+        render()
+        idle.append(time.perf_counter() - t)
+    pans, zooms = [], []
     previous = viewer.screenshot(canvas_only=True, flash=False)
     lo, hi = np.array([300, 300]), np.array([h - 300, w - 300])
     direction = np.array([1, 1])
@@ -120,29 +161,30 @@ def measure(path: Path, all_visible: bool) -> dict:
         nxt = centre + direction * move
         direction = np.where((nxt < lo) | (nxt > hi), -direction, direction)
         centre = np.clip(centre + direction * move, lo, hi)
-        t = time.perf_counter()
         camera.center = tuple(centre)
-        viewer.screenshot(canvas_only=True, flash=False)
-        shot = viewer.screenshot(canvas_only=True, flash=False)
-        frames.append(time.perf_counter() - t)
+        pans.append(frame())
+        shot = viewer.screenshot(canvas_only=True, flash=False)  # not timed: proves the frame moved
         assert np.abs(shot.astype(int) - previous.astype(int)).mean() > 1, "the pan did not change the frame"
         previous = shot
     for zoom in (2.0, 0.5, 1.0, 4.0, 1.0):  # zoom in and out around level 0
-        t = time.perf_counter()
         camera.zoom = zoom
-        viewer.screenshot(canvas_only=True, flash=False)
-        viewer.screenshot(canvas_only=True, flash=False)
-        zooms.append(time.perf_counter() - t)
+        zooms.append(frame())
     current, peak = rss_gb()
+    canvas_hw = list(viewer.canvas.size)
     viewer.close()
-    frames_ms = np.array(frames) * 1000
-    zooms_ms = np.array(zooms) * 1000
+
+    def ms(values: list[float]) -> dict:
+        a = np.array(values) * 1000
+        return {"median": round(float(np.median(a)), 1), "max": round(float(a.max()), 1)}
+
     return {
-        "layers": [ly.name for ly in layers],
         "visible": [ly.name for ly in layers if ly.visible],
+        "canvas_hw": canvas_hw,
+        "open_s": round(opened, 3),
         "first_frame_s": round(first_frame, 3),
-        "pan_frame_ms": {"median": round(float(np.median(frames_ms)), 1), "max": round(float(frames_ms.max()), 1)},
-        "zoom_frame_ms": {"median": round(float(np.median(zooms_ms)), 1), "max": round(float(zooms_ms.max()), 1)},
+        "pan_frame_ms": ms(pans),
+        "zoom_frame_ms": ms(zooms),
+        "idle_repaint_ms": ms(idle),
         "levels_shown_at_zoom_1": levels_shown,
         "rss_gb": round(current, 3),
         "peak_rss_gb": round(peak, 3),
@@ -153,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=20000, help="scene height and width in pixels (default 20000)")
     p.add_argument("--prepare-only", action="store_true", help="build the store and stop")
-    p.add_argument("--all-visible", action="store_true", help="only the run with every layer visible")
+    p.add_argument("--one", choices=["default", "all_visible"], help=argparse.SUPPRESS)
+    p.add_argument("--window", nargs="+", default=["1280x960", "800x600"],
+                   help="napari window sizes WxH to measure (default 1280x960 800x600)")
     args = p.parse_args(argv)
     SCRATCH.mkdir(parents=True, exist_ok=True)
     path = build_store(args.size)
@@ -162,23 +206,43 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         sys.exit("no display: run under xvfb-run -a (napari needs OpenGL)")
+    if args.one:  # a child process: one configuration, cold then warm, printed as JSON
+        window = tuple(int(v) for v in args.window[0].lower().split("x"))
+        t = time.perf_counter()
+        import dask.array  # noqa: F401  (a fresh process imports these before its first open)
+        import napari  # noqa: F401
+
+        imports_s = time.perf_counter() - t
+        all_visible = args.one == "all_visible"
+        cold = measure(path, all_visible, window)  # pays napari's one-off set-up (pint, pandas) too
+        warm = measure(path, all_visible, window)  # a second scene in the same session
+        print(json.dumps({"imports_s": round(imports_s, 3), "cold": cold, "warm": warm}))
+        return 0
     runs = {}
-    if not args.all_visible:
-        runs["default"] = measure(path, all_visible=False)  # image + gt, the rest hidden
-    runs["all_visible"] = measure(path, all_visible=True)  # image, gt, pred, hard, boundary, attention
+    for size in args.window:
+        for config in ("default", "all_visible"):  # image + gt shown / + pred, hard, boundary, attention
+            out = subprocess.run([sys.executable, __file__, "--size", str(args.size), "--one", config,
+                                  "--window", size], capture_output=True, text=True, check=True)
+            runs[f"{config}@{size}"] = json.loads(out.stdout.strip().splitlines()[-1])
     result = {
         "benchmark": "napari viewer on a scene store",
         "size": args.size,
         "store": str(path.relative_to(HERE.parent)),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_start": [round(v, 2) for v in os.getloadavg()]},
         "goals": GOALS,
         "runs": runs,
         "meets_goals": {
-            "first_frame": all(r["first_frame_s"] <= GOALS["first_frame_s"] for r in runs.values()),
-            "frame": all(r["pan_frame_ms"]["median"] <= GOALS["frame_ms"] for r in runs.values()),
-            "rss": all(r["peak_rss_gb"] <= GOALS["rss_gb"] for r in runs.values()),
+            k: {
+                "first_frame_cold": r["cold"]["first_frame_s"] <= GOALS["first_frame_s"],
+                "pan_frame_warm": r["warm"]["pan_frame_ms"]["median"] <= GOALS["frame_ms"],
+                "rss_cold": r["cold"]["peak_rss_gb"] <= GOALS["rss_gb"],
+            }
+            for k, r in runs.items()
         },
-        "note": "frame = camera move until a screenshot shows the new data (two renders + read-back): an upper bound",
+        "note": "frame = camera move until the frame with the new chunks is painted (two synchronous "
+                "repaints + glFinish, Mesa llvmpipe software GL under Xvfb); idle_repaint_ms is the floor "
+                "of one repaint with nothing to load",
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2))

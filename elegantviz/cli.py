@@ -96,6 +96,14 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"report: {js}  figure: {png}")
 
 
+def _view(args: argparse.Namespace) -> None:
+    try:
+        from napari_elegantviz._view import view_scene
+    except ImportError as e:
+        raise ElegantvizError(f"the viewer needs the 'viewer' extra: pip install 'elegantviz[viewer]' ({e})") from None
+    view_scene(args.scene)
+
+
 def _models(args: argparse.Namespace) -> None:
     from elegantviz.models.registry import print_models
 
@@ -175,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tolerance", type=int, default=2, help="boundary F-score tolerance in pixels (default 2)")
     e.add_argument("--out", default="evaluation", help="folder for report.json and confusion_matrix.png")
     e.add_argument("--no-error-map", action="store_true", help="do not store labels/error in the scene")
+
+    v = add("view", _view, "open a scene store in napari with the elegantviz docks")
+    v.add_argument("scene", help="scene store path or URL")
 
     m = add("models", _models, "list the model presets with parameter counts and GFLOPs at 1024^2")
     m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")

@@ -128,6 +128,21 @@ def test_reader_loads_nothing_up_front(store, tmp_path):
         layers[1][0][0][:10, :10].compute()
 
 
+def test_reader_keeps_the_names_prediction_gives_the_hard_region(tmp_path):
+    from elegantviz.data.classes import ClassTable
+
+    from napari_elegantviz._reader import read_scene
+
+    scene = riverworld_store(tmp_path / "s.zarr", size=256, evidence=False)
+    table = ClassTable.from_dict({"name": "hard", "classes": [{"id": 0, "name": "easy", "color": [0, 0, 0]},
+                                                              {"id": 1, "name": "hard", "color": [255, 0, 255]}]})
+    scene.add_labels("hard", np.eye(256, dtype=np.uint8), classes=table, progress=False)
+    _, kw, _ = read_scene(str(tmp_path / "s.zarr"))[2]
+    assert list(kw["features"]["class"][:2]) == ["easy", "hard"]
+    assert kw["colormap"].map(np.array([0], np.uint8))[0][3] == 0
+    assert kw["colormap"].map(np.array([1], np.uint8))[0] == pytest.approx([1, 0, 1, 1])
+
+
 def test_reader_declines_what_is_not_a_scene(tmp_path, store):
     from napari_elegantviz._reader import get_reader
 
@@ -212,6 +227,14 @@ def test_regions_format(tmp_path):
     assert json.loads(path.read_text()) == [{"pair": "a->b", "bbox": [1, 2, 3, 4], "area": 5}]
     assert load_regions(path)[0].bbox == (1, 2, 3, 4)
     assert default_path("/data/s.zarr") == Path("/data/s.errors.json")
+    # what `elegantviz evaluate` writes: report.json with pairs, each with its regions (and means)
+    report = {"pairs": [{"pair": "river->pond", "pixels": 30, "regions": [
+        {"pair": "river->pond", "area": 20, "bbox": [0, 0, 4, 5], "means": {"margin": 0.1}},
+        {"pair": "river->pond", "area": 10, "bbox": [9, 9, 12, 14], "means": {}}]},
+        {"pair": "pond->river", "pixels": 15, "regions": [{"pair": "pond->river", "area": 15, "bbox": [1, 1, 5, 5]}]}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert [(r.pair, r.area) for r in load_regions(tmp_path / "report.json")] == [
+        ("river->pond", 20), ("pond->river", 15), ("river->pond", 10)]
     for bad in ({"pair": "x"}, [{"pair": "river", "bbox": [0, 0, 1, 1], "area": 1}],
                 [{"pair": "a->b", "bbox": [5, 5, 5, 9], "area": 1}], [{"pair": "a->b", "bbox": [0, 0, 1, 1]}]):
         with pytest.raises(InputError):

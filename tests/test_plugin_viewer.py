@@ -182,3 +182,25 @@ def test_sample_menus_and_view_scene(make_napari_viewer, monkeypatch, tmp_path, 
         assert {"Class legend (elegantviz)", "Overlays (elegantviz)", "Error navigator (elegantviz)"} <= docks, docks
     finally:
         other.close()
+
+
+def test_error_navigator_reads_the_regions_evaluation_keeps_in_the_store(make_napari_viewer, store, tmp_path):
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "evaluated.zarr"
+    shutil.copytree(store, copy)
+    scene = open_scene(copy, mode="r+")
+    scene.add_labels("error", np.zeros((512, 512), np.uint8), progress=False)
+    group = zarr.open_group(str(copy / "labels" / "error"), mode="r+")
+    meta = dict(group.attrs["elegantviz"])
+    meta["pairs"] = [{"pair": "river->pond", "pixels": 70, "regions": [
+        {"pair": "river->pond", "area": 70, "bbox": [100, 100, 110, 107], "means": {}}]}]
+    group.attrs["elegantviz"] = meta
+    viewer = make_napari_viewer()
+    viewer.open(str(copy), plugin=PLUGIN)
+    _, nav = viewer.window.add_plugin_dock_widget(PLUGIN, "Error navigator")
+    assert [r.bbox for r in nav.shown] == [(100, 100, 110, 107)] and "labels/error" in nav.file_label.text()
+    nav.select_row(0)
+    assert tuple(viewer.scene.camera.center[-2:]) == pytest.approx((104.5, 103.0))

@@ -136,7 +136,7 @@ class ClassTable:
                 ClassInfo(
                     id=int(c["id"]),
                     name=str(c["name"]),
-                    color=tuple(int(v) for v in c.get("color", _auto_color(int(c["id"])))),  # type: ignore[arg-type]
+                    color=tuple(int(v) for v in c.get("color", auto_color(int(c["id"])))),  # type: ignore[arg-type]
                     source_values=tuple(int(v) for v in c.get("source_values", [c["id"]])),
                 )
                 for c in d["classes"]
@@ -152,7 +152,7 @@ class ClassTable:
             raise InputError(f"{origin}: not a valid class table ({type(e).__name__}: {e})") from None
 
 
-def _auto_color(i: int) -> tuple[int, int, int]:
+def auto_color(i: int) -> tuple[int, int, int]:
     """A distinct colour for class i when a table gives none (golden-angle hues)."""
     import colorsys
 
@@ -285,5 +285,5 @@ def table_from_values(values: np.ndarray, name: str = "generic") -> ClassTable:
     vals = sorted(int(v) for v in np.unique(values))
     return ClassTable(
         name=name,
-        classes=tuple(ClassInfo(i, f"class {v}", _auto_color(i), (v,)) for i, v in enumerate(vals)),
+        classes=tuple(ClassInfo(i, f"class {v}", auto_color(i), (v,)) for i, v in enumerate(vals)),
     )

@@ -35,6 +35,12 @@ def layer_table(layer) -> ClassTable:
     return table_from_layer(layer.features, layer.colormap, name=layer.name)
 
 
+def _transparent_classes(layer, table: ClassTable) -> set[int]:
+    """Classes the layer draws transparent already (0 of hard and error layers): shown unticked."""
+    colors = getattr(layer.colormap, "color_dict", {})
+    return {c.id for c in table.classes if c.id in colors and float(colors[c.id][3]) == 0.0}
+
+
 def _levels(layer) -> list:
     return list(layer.data) if layer.multiscale else [layer.data]
 
@@ -110,7 +116,7 @@ class ClassLegend(QWidget):
             self.scene_worker.quit()
         self.layer = self.viewer.layers[name] if name in self.viewer.layers else None
         self.table = layer_table(self.layer) if self.layer is not None else None
-        self.hidden = set()
+        self.hidden = _transparent_classes(self.layer, self.table) if self.layer is not None else set()
         self.scene_counts = self.view_counts = None
         self._fill()
         if self.layer is not None:

@@ -1,7 +1,8 @@
 """Error navigator dock: the confusion regions of an evaluation, largest first; select to go there.
 
 Reads the regions file described in ``_regions`` (``NAME.errors.json`` beside ``NAME.zarr`` is
-loaded by itself when a scene is open). Selecting a row centres the camera on the region, zooms
+loaded by itself when a scene is open, else the regions evaluation kept in ``labels/error``;
+an evaluation ``report.json`` loads through the Load button). Selecting a row centres the camera on the region, zooms
 so it fills most of the canvas and outlines it in a Shapes layer. Main thread only: the file is
 small and the camera and layers are Qt-side objects.
 """
@@ -26,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from elegantviz.errors import ElegantvizError
 
-from ._regions import Region, default_path, load_regions
+from ._regions import Region, default_path, load_regions, regions_in_store
 
 if TYPE_CHECKING:
     import napari
@@ -73,10 +74,16 @@ class ErrorNavigator(QWidget):
     def _look_for_default(self, event=None) -> None:
         if self.path is not None:
             return
-        for layer in self.viewer.layers:
-            scene = layer.metadata.get("elegantviz", {}).get("scene")
-            if scene and default_path(scene).is_file():
+        scenes = {ly.metadata.get("elegantviz", {}).get("scene") for ly in self.viewer.layers} - {None}
+        for scene in sorted(scenes):
+            if default_path(scene).is_file():
                 self.load(default_path(scene))
+                return
+        for scene in sorted(scenes):
+            regions = regions_in_store(scene)
+            if regions:
+                self.show_regions(regions, f"{Path(scene).name} labels/error")
+                self.path = Path(scene)
                 return
 
     def _ask_path(self) -> None:
@@ -91,7 +98,11 @@ class ErrorNavigator(QWidget):
             self.file_label.setText(str(e))
             return
         self.path = Path(path)
-        self.file_label.setText(f"{self.path.name}: {len(self.regions)} regions")
+        self.show_regions(self.regions, self.path.name)
+
+    def show_regions(self, regions: list[Region], source: str) -> None:
+        self.regions = regions
+        self.file_label.setText(f"{source}: {len(self.regions)} regions")
         pairs = sorted({r.pair for r in self.regions})
         self.pair_box.blockSignals(True)
         self.pair_box.clear()

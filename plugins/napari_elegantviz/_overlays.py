@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._boundary import boundary_levels
-from ._layers import HARD_COLOUR, hard_colormap
+from ._layers import HARD_COLOUR, HARD_NAMES, hard_colormap, hard_table
 
 if TYPE_CHECKING:
     import napari
@@ -92,7 +92,7 @@ class Overlays(QWidget):
     def _add_row(self, row: int, layer) -> None:
         visible = QCheckBox(layer.name)
         visible.setChecked(layer.visible)
-        visible.toggled.connect(lambda on, ly=layer: setattr(ly, "visible", on))
+        visible.toggled.connect(lambda on, ly=layer: self.set_visible(ly, on))
         opacity = QSlider(Qt.Orientation.Horizontal)
         opacity.setRange(0, 100)
         opacity.setValue(int(round(layer.opacity * 100)))
@@ -118,9 +118,18 @@ class Overlays(QWidget):
         self.rows[layer.name] = {"visible": visible, "opacity": opacity, "style": style}
 
     # -- actions --------------------------------------------------------------------------------
+    def set_visible(self, layer, on: bool) -> None:
+        """Show or hide an overlay; a map brings its colorbar along (a heat map needs its scale)."""
+        layer.visible = on
+        if isinstance(layer, Image):
+            layer.colorbar.visible = on
+
     def set_hard_colour(self, layer, colour: str) -> None:
-        layer.colormap = hard_colormap(colour)
+        names = tuple(c["name"] for c in layer.metadata["elegantviz"].get("classes", {}).get("classes", []))
+        names = names if len(names) == 2 else HARD_NAMES
+        layer.colormap = hard_colormap(colour, names)
         layer.metadata["elegantviz"]["colour"] = colour
+        layer.metadata["elegantviz"]["classes"] = hard_table(colour, names).to_dict()  # the legend's swatches
 
     def add_boundary(self, labels_name: str):
         """Add (or show again) the lazy Sobel boundary of a labels layer as an image layer."""

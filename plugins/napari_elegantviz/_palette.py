@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from elegantviz.data.classes import IGNORE_INDEX, ClassInfo, ClassTable, _auto_color
+from elegantviz.data.classes import IGNORE_INDEX, ClassInfo, ClassTable, auto_color
 
 IGNORE_NAME = "ignore"
 
@@ -44,7 +44,7 @@ def label_features(table: ClassTable) -> dict[str, np.ndarray]:
 def fallback_table(name: str, n: int) -> ClassTable:
     """A table for labels that carry none (e.g. a 0/1 mask): "<name> 0", "<name> 1", ..."""
     n = max(1, min(int(n), 255))
-    return ClassTable(name=name, classes=tuple(ClassInfo(i, f"{name} {i}", _auto_color(i)) for i in range(n)))
+    return ClassTable(name=name, classes=tuple(ClassInfo(i, f"{name} {i}", auto_color(i)) for i in range(n)))
 
 
 def table_from_layer(features, colormap, values: np.ndarray | None = None, name: str = "labels") -> ClassTable:
@@ -65,7 +65,7 @@ def table_from_layer(features, colormap, values: np.ndarray | None = None, name:
     classes = []
     for i in range(top + 1):
         rgba = _rgba_of(colormap, i)
-        color = tuple(int(round(float(v) * 255)) for v in rgba[:3]) if rgba is not None else _auto_color(i)
+        color = tuple(int(round(float(v) * 255)) for v in rgba[:3]) if rgba is not None else auto_color(i)
         classes.append(ClassInfo(i, names.get(i, f"class {i}"), color))  # type: ignore[arg-type]
     return ClassTable(name=name, classes=tuple(classes))
 

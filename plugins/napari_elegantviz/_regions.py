@@ -15,7 +15,10 @@ Format (JSON, UTF-8): a list of objects, largest first::
 - Optional keys are kept and ignored (e.g. ``"label": 3`` for the connected-component id).
 
 Where: beside the store as ``NAME.errors.json`` for ``NAME.zarr`` (``default_path``); the
-navigator loads that file by itself and any other through its Load button.
+navigator loads that file by itself and any other through its Load button. It also reads what
+``elegantviz evaluate`` already writes: its ``report.json`` (``{"pairs": [{"pair": ...,
+"regions": [...]}, ...]}``, the same region objects, with ``means``) and the ``pairs`` kept in
+the ``labels/error`` attributes of the store (``regions_in_store``).
 """
 
 from __future__ import annotations
@@ -75,6 +78,30 @@ def parse_regions(data: object, origin: str = "regions") -> list[Region]:
     return sorted(regions, key=lambda r: -r.area)
 
 
+def regions_of(data: object, origin: str = "regions") -> list[Region]:
+    """Regions from this module's list or from an evaluation report's ``pairs``."""
+    if isinstance(data, dict) and isinstance(data.get("pairs"), list):
+        data = [r for entry in data["pairs"] if isinstance(entry, dict) for r in entry.get("regions", [])]
+    return parse_regions(data, origin)
+
+
+def regions_in_store(scene_path: str, label: str = "error") -> list[Region] | None:
+    """The regions evaluation kept in ``labels/<label>`` of a scene store, or None if it has none."""
+    from elegantviz.errors import ElegantvizError
+    from elegantviz.io.store import open_scene
+
+    try:
+        scene = open_scene(scene_path)
+    except (ElegantvizError, OSError):
+        return None
+    if label not in scene.labels:
+        return None
+    pairs = scene.root[f"labels/{label}"].attrs.get("elegantviz", {}).get("pairs")
+    if not pairs:
+        return None
+    return regions_of({"pairs": pairs}, origin=f"{scene_path} labels/{label}")
+
+
 def load_regions(path: str | Path) -> list[Region]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -82,7 +109,7 @@ def load_regions(path: str | Path) -> list[Region]:
         raise InputError(f"{path}: cannot read error regions ({e})") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not JSON ({e})") from None
-    return parse_regions(data, origin=str(path))
+    return regions_of(data, origin=str(path))
 
 
 def save_regions(path: str | Path, regions: list[Region]) -> None:
