@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("scene", help="scene store path or URL")
 
     m = add("models", _models, "list the model presets with parameter counts and GFLOPs at 1024^2")
-    m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (faster)")
+    m.add_argument("--num-classes", type=int, default=24, help="classes of the head (default 24, as FBP)")
+    m.add_argument("--in-chans", type=int, default=4, help="input bands (default 4)")
+    m.add_argument("--size", type=int, default=1024, help="input side for the GFLOP count (default 1024)")
 
     d = add("demo", _demo, "the main job end to end on a synthetic riverworld scene")
     d.add_argument("--workdir", default="demo", help="where the demo writes (default ./demo)")
