@@ -68,6 +68,10 @@ def _train(args: argparse.Namespace) -> None:
         cfg.out_dir = args.out
     if args.iters:
         cfg.iters = args.iters
+    if args.memory_budget:
+        cfg.memory.budget = args.memory_budget
+    if args.policy:
+        cfg.memory.policy = args.policy
     best = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"best checkpoint: {best}")
 
@@ -160,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt exactly where it stopped")
     t.add_argument("--out", help="run folder (overrides out_dir)")
     t.add_argument("--iters", type=int, help="number of iterations (overrides iters)")
+    t.add_argument("--memory-budget", metavar="SIZE", help="e.g. 12GB; the planner picks the cheapest policy that fits")
+    t.add_argument("--policy", choices=["auto", "none", "checkpoint", "disk", "checkpoint+disk", "host", "checkpoint+host"],
+                   help="activation memory policy (overrides memory.policy; auto = planned from the budget)")
 
     pr = add("predict", _predict, "predict whole scenes in place: labels/pred plus the model's evidence")
     pr.add_argument("checkpoint", help="a checkpoint written by `elegantviz train` (best.pt or last.pt)")

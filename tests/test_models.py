@@ -22,6 +22,16 @@ from elegantviz.models import (
     print_models,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # On a shared, oversubscribed machine OpenMP barriers make tiny ops 10-50x slower with 2
+    # threads than with 1 (a 97 px EHSNet step: 22 s vs 1 s); these tests use tiny tensors.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # timm's own count for features_only HRNet (feature_location='', branches 1-4)
 PAPER_BACKBONES = {"hrnet_w18": 9.56e6, "hrnet_w32": 29.31e6, "hrnet_w48": 65.33e6}
 
@@ -141,11 +151,9 @@ def test_preset_shapes_gradients_batch(name):
     _check_preset(name, batch=1, size=(33, 65), in_chans=1, backward=False)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["elegantseg-m", "elegantseg-l"])
 def test_large_presets_shapes_gradients_batch(name):
-    # Same code as -s with wider branches; kept to inputs that pad to 64 px (the large
-    # backbones take most of the suite's time otherwise).
+    # Same code as -s with wider branches; kept to inputs that pad to 64 px (2-5 s each).
     _check_preset(name, batch=2, size=(63, 57), in_chans=4, backward=True)
     _check_preset(name, batch=1, size=(33, 40), in_chans=1, backward=False)
 

@@ -11,6 +11,16 @@ import torch
 from elegantviz.offload import DiskOffload, HostOffload, MemoryMeter, PinnedPool
 from elegantviz.offload.hooks import _flat_source, _span, _version_token
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny steps are all overhead; two threads on two shared cores mostly wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TARGETS = {
     "host": lambda **kw: HostOffload(**kw),  # CPU: pass-through
     "host-copy": lambda **kw: HostOffload(copy=True, **kw),  # CPU: the CUDA bookkeeping (pool, prefetch)
@@ -181,7 +191,7 @@ def test_host_copy_reuses_the_pool_across_steps_and_prefetches():
 
 def test_spill_folder_removed_on_exit_and_on_error(tmp_path):
     a = torch.randn(100_000, requires_grad=True)
-    with DiskOffload(tmp_path, threshold_bytes=0) as hooks:
+    with DiskOffload(tmp_path, threshold_bytes=0, max_inflight_bytes=0) as hooks:
         folder = hooks.folder
         y = (a * a).sum()
         assert any(folder.iterdir())

@@ -37,7 +37,8 @@ def test_manifest_validates():
 def test_modules_napari_imports_at_start_up_stay_light():
     code = (
         "import sys, napari_elegantviz, napari_elegantviz._reader, napari_elegantviz._writer, "
-        "napari_elegantviz._sample_data, napari_elegantviz._layers, napari_elegantviz._regions\n"
+        "napari_elegantviz._sample_data, napari_elegantviz._layers, napari_elegantviz._regions, "
+        "napari_elegantviz._prediction, napari_elegantviz._prediction_process, napari_elegantviz._probe_map\n"
         "heavy = [m for m in ('napari', 'qtpy', 'PyQt6', 'torch', 'magicgui') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )

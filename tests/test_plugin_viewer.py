@@ -148,6 +148,7 @@ def test_error_navigator_loads_regions_and_zooms_there(make_napari_viewer, store
 
 def test_sample_menus_and_view_scene(make_napari_viewer, monkeypatch, tmp_path, store):
     monkeypatch.setenv("ELEGANTVIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ELEGANTVIZ_CHECKPOINT", raising=False)  # no checkpoint: the plain scene
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "riverworld")
     assert [ly.name for ly in layers] == ["image", "gt"]
@@ -161,8 +162,10 @@ def test_sample_menus_and_view_scene(make_napari_viewer, monkeypatch, tmp_path, 
     menus = get_app_model().menus
     visualize = {getattr(i, "command", None) and i.command.id for i in menus.get_menu("napari/layers/visualize")}
     measure = {getattr(i, "command", None) and i.command.id for i in menus.get_menu("napari/layers/measure")}
-    assert {"elegantviz.class_legend", "elegantviz.overlays"} <= visualize
+    segment = {getattr(i, "command", None) and i.command.id for i in menus.get_menu("napari/layers/segment")}
+    assert {"elegantviz.class_legend", "elegantviz.overlays", "elegantviz.attention_probe"} <= visualize
     assert {"elegantviz.class_legend", "elegantviz.error_navigator"} <= measure
+    assert "elegantviz.predict" in segment
 
     import napari
 

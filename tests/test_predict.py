@@ -132,3 +132,13 @@ def test_attention_from_stored_keys_matches_the_model(checkpoint, tmp_path):
     region = region_attention(s, ev.hard_mask()[0].numpy())
     np.testing.assert_allclose(region, s.map("attention", 0).compute()[::ev.output_stride, ::ev.output_stride][:h, :w],
                                rtol=0.02, atol=0.02)
+
+
+def test_a_new_run_never_keeps_parts_of_an_older_one(checkpoint, tmp_path):
+    scene = fresh_scene(tmp_path)
+    predict_scene(checkpoint, scene.url, progress=False)
+    assert "margin" in open_scene(scene.url).maps
+    # a sliced prediction into labels/pred replaces pred, and the holistic evidence of the old pred goes
+    predict_scene(checkpoint, scene.url, mode="sliced", crop=64, progress=False)
+    s = open_scene(scene.url)
+    assert "pred" in s.labels and "margin" not in s.maps and "hard" not in s.labels

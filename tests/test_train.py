@@ -78,3 +78,28 @@ def test_training_lowers_the_loss_and_checkpoints_load(scenes, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="junk.pt: not a readable elegantviz checkpoint"):
         load_model(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("policy", ["checkpoint", "disk", "checkpoint+disk"])
+def test_memory_policies_train_exactly_like_the_plain_step(scenes, tmp_path, policy):
+    plain = Trainer(small_config(scenes, tmp_path / "plain", iters=1), progress=False)
+    plain.step()
+    cfg = small_config(scenes, tmp_path / policy, iters=1)
+    cfg.memory.policy = policy
+    cfg.memory.spill_dir, cfg.memory.threshold = str(tmp_path / "spill"), "1KiB"
+    other = Trainer(cfg, progress=False)
+    other.step()
+    for (name, a), b in zip(plain.model.state_dict().items(), other.model.state_dict().values()):
+        assert torch.equal(a, b), (policy, name)
+    stats = other.meter.as_dict()
+    if "disk" in policy:
+        assert stats["spilled_disk_bytes"] > 0 and not any((tmp_path / "spill").iterdir())
+
+
+def test_auto_policy_refuses_a_budget_nothing_fits(scenes, tmp_path):
+    from elegantviz.offload import MemoryBudgetError
+
+    cfg = small_config(scenes, tmp_path / "auto")
+    cfg.memory.policy, cfg.memory.budget = "auto", "1MB"
+    with pytest.raises(MemoryBudgetError, match="does not fit"):
+        Trainer(cfg, progress=False)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import dask.array as da
 import numpy as np
@@ -131,17 +132,22 @@ def forward_sliced(model, image: np.ndarray, device: torch.device, crop: int = 5
     return {"pred": (acc / weight).argmax(0).astype(np.uint8), "crops": len(ys) * len(xs)}
 
 
-def _cache_outputs(scene: Scene, name: str, outputs: dict) -> None:
+def _cache_outputs(scene: Scene, name: str, outputs: dict, job: dict) -> None:
     group = scene.root.require_group(f"{CACHE}/{name}")
     for key, value in outputs.items():
         if isinstance(value, np.ndarray):
             group.create_array(key, data=value, overwrite=True)
-    group.attrs["elegantviz"] = {"complete": True, "stride": outputs.get("stride", 1)}
+    group.attrs["elegantviz"] = {"complete": True, "stride": outputs.get("stride", 1), "job": job}
 
 
-def _cached(scene: Scene, name: str) -> dict | None:
+def _cached(scene: Scene, name: str, job: dict) -> dict | None:
+    """The cached outputs of an interrupted run of the same job (checkpoint, mode), else None."""
     path = f"{CACHE}/{name}"
-    if path not in scene.root or not scene.root[path].attrs.get("elegantviz", {}).get("complete"):
+    if path not in scene.root:
+        return None
+    meta = scene.root[path].attrs.get("elegantviz", {})
+    if not meta.get("complete") or meta.get("job") != job:
+        del scene.root[path]  # half-written, or another checkpoint or mode: not to be resumed
         return None
     group = scene.root[path]
     out = {key: np.asarray(group[key][...]) for key in group.array_keys()}
@@ -159,8 +165,14 @@ def predict_scene(
     pairs: list[str] | None = None,
     device: str = "auto",
     progress: bool = True,
+    on_stage: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Predict one scene store in place; returns a summary (seconds, what was written)."""
+    """Predict one scene store in place; returns a summary (seconds, what was written).
+
+    ``on_stage(stage, done, total)``, when given, is called before each stage (``"forward"``, then
+    each part, e.g. ``"labels/pred"``) and once more with ``"done"``, for a progress bar; an
+    exception it raises stops the run between stages, where the store is valid and resumable.
+    """
     if mode not in ("holistic", "sliced"):
         raise InputError(f"mode must be holistic or sliced, got {mode!r}")
     dev = pick_device(device)
@@ -172,17 +184,35 @@ def predict_scene(
     level = cfg.data.level
     if level != 0:
         raise InputError(f"{checkpoint}: trained at pyramid level {level}; prediction at level 0 only for now")
+    stages = {"done": 0, "total": 2 + ("gt" in scene.labels)
+              + (3 + 3 * (getattr(model, "ecr", None) is not None) if mode == "holistic" else 0)}
+
+    def stage(what: str) -> None:
+        if on_stage is not None:
+            on_stage(what, stages["done"], stages["total"])
+
     started = time.perf_counter()
-    outputs = _cached(scene, name)
+    stage("forward")
+    err = "error" if name == "pred" else f"error_{name}"
+    parts = [("labels", name), ("labels", err)]
+    if mode == "holistic" or name == "pred":  # evidence describes labels/pred: it goes when pred is redone
+        parts += [("maps", m) for m in ("margin", "boundary", "keys", "queries", "attention")] + [("labels", "hard")]
+    job = {"checkpoint": str(Path(checkpoint).resolve()), "mtime": Path(checkpoint).stat().st_mtime, "mode": mode,
+           "crop": crop if mode == "sliced" else None, "overlap": overlap if mode == "sliced" else None}
+    outputs = _cached(scene, name, job)
     cached = outputs is not None
     if outputs is None:
+        # a new forward pass: nothing an earlier run wrote may be kept or resumed beside it
+        for kind, part in parts:
+            scene.remove(kind, part)
         image, valid = norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
         if mode == "holistic":
             outputs = forward_holistic(model, image, dev)
         else:
             outputs = forward_sliced(model, image, dev, crop, overlap, progress)
         outputs["pred"][~valid] = table.ignore_index
-        _cache_outputs(scene, name, outputs)
+        _cache_outputs(scene, name, outputs, job)
+    stages["done"] += 1
     forward_s = time.perf_counter() - started
     shape = scene.shape[1:]
     tile = scene._tile
@@ -190,12 +220,11 @@ def predict_scene(
 
     def put(kind: str, part: str, write) -> None:
         """Write one part; after an interruption keep the parts that were finished."""
-        exists = kind in scene.root and part in scene.root[kind]
-        if exists and cached and part in scene._parts(kind):
+        stage(f"{kind}/{part}")
+        stages["done"] += 1
+        if cached and part in scene._parts(kind):
             written.append(f"{kind}/{part}")
             return
-        if exists and not cached:
-            scene.remove(kind, part)  # a new forward pass: nothing old may be resumed into it
         write()
         written.append(f"{kind}/{part}")
 
@@ -222,10 +251,10 @@ def predict_scene(
                 attrs={"kind": "attention", "of": "hard region", "stride": s, "relative_to_uniform": True}))
     if "gt" in scene.labels:
         pair_ids = parse_pairs(pairs, table)
-        err = "error" if name == "pred" else f"error_{name}"
         put("labels", err, lambda: scene.add_labels(
             err, error_map(scene.label("gt"), scene.label(name), pair_ids), classes=error_table(pair_ids, table),
             progress=progress))
+    stage("done")
     del scene.root[f"{CACHE}/{name}"]
     if not list(scene.root[CACHE].keys()):
         del scene.root[CACHE]

@@ -26,6 +26,7 @@ from elegantviz.data.datasets import Normalization, SceneSampler, open_training_
 from elegantviz.errors import InputError
 from elegantviz.losses import elegantseg_loss
 from elegantviz.models.registry import build_model
+from elegantviz.offload import MemoryMeter, Policy, mmap_large_allocations, parse_size, plan
 
 
 def pick_device(name: str) -> torch.device:
@@ -120,7 +121,34 @@ class Trainer:
                                     d.rot90, seed=cfg.seed)
         self.iteration = 0
         self.best_miou = -1.0
-        self.memory = nullcontext  # replaced by the offload policy when that package is present
+        self.meter = MemoryMeter(self.device)
+        self.policy = self._choose_policy()
+
+    def _largest_sample(self) -> tuple[int, int, int]:
+        d = self.cfg.data
+        if d.mode == "sliced":
+            return (self.in_chans, d.crop_size, d.crop_size)
+        sizes = [s.image(d.level).shape for s in self.train_scenes]
+        return max(sizes, key=lambda sh: sh[1] * sh[2])
+
+    def _choose_policy(self) -> Policy:
+        """The configured policy, or with 'auto' the cheapest that fits the budget (measured on a
+        small dry run and extrapolated to the largest sample); refuses before training if none fits."""
+        mem = self.cfg.memory
+        if mem.policy != "auto":
+            try:
+                return Policy.from_name(mem.policy, spill_dir=mem.spill_dir, threshold_bytes=parse_size(mem.threshold))
+            except ValueError as e:
+                raise InputError(f"memory.policy: {e}") from None
+        budget = parse_size(mem.budget) if mem.budget else None
+        sample = self._largest_sample()
+        side = min(sample[1:])
+        sizes = (128, 256) if side >= 256 else (64, 128)  # small samples: small dry runs (64 px: 2x2 at stride 32)
+        choice = plan(self.model, sample, budget, self.device, sizes=sizes, spill_dir=mem.spill_dir,
+                      threshold_bytes=parse_size(mem.threshold))
+        print(choice.summary())
+        self.plan_summary = choice.summary()
+        return choice.policy
 
     # checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -175,16 +203,18 @@ class Trainer:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "seg": 0.0, "aux": 0.0}
-        for _ in range(cfg.optim.accumulate):
-            x, y = self._batch()
-            with self.memory(), self._autocast():
-                out = self.model(x)
-                loss, terms = elegantseg_loss(out, y, cfg.loss.w_bd, cfg.loss.w_aux, cfg.loss.sobel_ksize,
-                                              self.table.ignore_index, return_terms=True)
+        # backward runs inside the policy: the disk target removes its spill folder on exit
+        with self.meter.step(iteration=self.iteration + 1), self.policy.apply(self.model, self.meter):
+            for _ in range(cfg.optim.accumulate):
+                x, y = self._batch()
+                with self._autocast():
+                    out = self.model(x)
+                    loss, terms = elegantseg_loss(out, y, cfg.loss.w_bd, cfg.loss.w_aux, cfg.loss.sobel_ksize,
+                                                  self.table.ignore_index, return_terms=True)
                 (loss / cfg.optim.accumulate).backward()
-            totals["loss"] += float(loss.detach()) / cfg.optim.accumulate
-            totals["seg"] += float(terms["seg"]) / cfg.optim.accumulate
-            totals["aux"] += float(terms["aux"]) / cfg.optim.accumulate
+                totals["loss"] += float(loss.detach()) / cfg.optim.accumulate
+                totals["seg"] += float(terms["seg"]) / cfg.optim.accumulate
+                totals["aux"] += float(terms["aux"]) / cfg.optim.accumulate
         self.optimizer.step()
         self.scheduler.step()
         self.iteration += 1
@@ -227,8 +257,9 @@ class Trainer:
                 it = self.iteration
                 if it % cfg.log_every == 0 or it == cfg.iters:
                     now = time.perf_counter()
-                    self.log({"iter": it, **terms, "lr": self.scheduler.get_last_lr()[0],
-                              "s_per_iter": (now - last_log) / max(1, min(cfg.log_every, it)), **self.meter_record()})
+                    self.log({"iter": it, **terms, "lr": self.scheduler.get_last_lr()[0], "policy": self.policy.name,
+                              "s_per_iter": (now - last_log) / max(1, min(cfg.log_every, it)),
+                              "memory": self.meter.as_dict()})
                     last_log = now
                 if self.val_scenes and (it % cfg.val_every == 0 or it == cfg.iters):
                     val = self.validate()
@@ -245,11 +276,9 @@ class Trainer:
             self.save("best.pt")
         return self.out / "best.pt"
 
-    def meter_record(self) -> dict:
-        return {}
-
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    mmap_large_allocations()  # freed activations go back to the system, so RSS tracks live bytes
     trainer = Trainer(cfg, progress)
     if resume:
         trainer.resume()

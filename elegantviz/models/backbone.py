@@ -14,10 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["HRNetBackbone", "HRNET_VARIANTS"]
+__all__ = ["HRNetBackbone"]
 
-HRNET_VARIANTS = ("hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w30", "hrnet_w32", "hrnet_w40",
-                  "hrnet_w44", "hrnet_w48", "hrnet_w64")
 
 # timm's HRNet fuses branches with nearest upsampling by exact factors 2..8, so its input must be
 # a multiple of the coarsest stride.

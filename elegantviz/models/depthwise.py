@@ -7,8 +7,9 @@ runs slowly, and slower still in channels_last. The same convolution through the
 a few transforms of the map whatever the kernel size and is exact up to rounding (about
 1e-6 relative in float32), so it is a drop-in replacement, not an approximation.
 
-:func:`select_impl` picks the faster of the two per device, kernel size and map size from a
-small table measured by ``benchmarks/depthwise.py``; nothing is timed at run time.
+:func:`select_impl` picks the faster of the two per device, kernel size, map size, memory
+format and whether gradients are needed, from a small table measured by
+``benchmarks/depthwise.py``; nothing is timed at run time.
 :class:`DepthwiseConv2d` is an ``nn.Conv2d`` (same parameters, same state dict, same
 initialisation) whose forward dispatches to the chosen implementation.
 """
@@ -34,13 +35,17 @@ __all__ = [
 
 DepthwiseImpl = Literal["auto", "direct", "fft"]
 
-# Measured by benchmarks/depthwise.py on this machine's CPU (2 cores, torch 2.14, forward plus
-# backward on 1 x 256 x H x W maps): the FFT path wins from this kernel size on when the
-# weight gradient is needed, and from the second one on in inference. Small maps (where the
-# FFT pads a lot relative to the map) are left to the direct convolution.
-CPU_FFT_MIN_KERNEL_TRAIN = 7
-CPU_FFT_MIN_KERNEL_INFER = 15
-CPU_FFT_MIN_PIXELS = 32 * 32
+# Measured by benchmarks/depthwise.py on this machine's CPU (2 cores, torch 2.14, 1 x 256 x H x W
+# maps with H x W from 64^2 to 225 x 212; results/depthwise.json):
+# - training (forward + input and weight gradients): the FFT wins from 15x15 on at every map
+#   size, 4-27x at 31x31; at 7x7 the direct convolution wins in channels_last, and in NCHW
+#   only on small maps (the NCHW direct weight gradient is slow from about 128^2 on);
+# - inference (forward only): channels_last direct convolution is the fastest or level with
+#   the FFT; NCHW direct convolution is 3-12x slower than the FFT from 15x15 on.
+CPU_FFT_MIN_KERNEL_TRAIN = 15
+CPU_FFT_MIN_KERNEL_TRAIN_NCHW_LARGE = 7
+CPU_LARGE_MAP_PIXELS = 128 * 128
+CPU_FFT_MIN_KERNEL_INFER_NCHW = 15
 # Not measured (no GPU here): cuDNN's depthwise kernels are used on accelerators.
 ACCEL_FFT_MIN_KERNEL: int | None = None
 
@@ -50,18 +55,25 @@ def select_impl(
     device_type: str = "cpu",
     spatial: tuple[int, int] | None = None,
     requires_grad: bool = True,
+    channels_last: bool = False,
 ) -> Literal["direct", "fft"]:
     """The faster exact implementation for a depthwise ``kernel_size`` conv on ``device_type``.
 
-    ``spatial`` is the (h, w) of the map when known; ``requires_grad`` says whether a weight
-    gradient will be computed (training), which is where the direct convolution is slowest.
-    A table lookup, never a timing.
+    ``spatial`` is the (h, w) of the map when known; ``requires_grad`` says whether gradients
+    will be computed (training), where the direct convolution's weight gradient is slowest;
+    ``channels_last`` is the input's memory format. A table lookup, never a timing.
     """
     if device_type == "cpu":
-        if spatial is not None and spatial[0] * spatial[1] < CPU_FFT_MIN_PIXELS:
+        if requires_grad:
+            if kernel_size >= CPU_FFT_MIN_KERNEL_TRAIN:
+                return "fft"
+            large = spatial is not None and spatial[0] * spatial[1] >= CPU_LARGE_MAP_PIXELS
+            if not channels_last and large and kernel_size >= CPU_FFT_MIN_KERNEL_TRAIN_NCHW_LARGE:
+                return "fft"
             return "direct"
-        threshold = CPU_FFT_MIN_KERNEL_TRAIN if requires_grad else CPU_FFT_MIN_KERNEL_INFER
-        return "fft" if kernel_size >= threshold else "direct"
+        if channels_last:
+            return "direct"
+        return "fft" if kernel_size >= CPU_FFT_MIN_KERNEL_INFER_NCHW else "direct"
     if ACCEL_FFT_MIN_KERNEL is not None and kernel_size >= ACCEL_FFT_MIN_KERNEL:
         return "fft"
     return "direct"
@@ -119,7 +131,9 @@ class _FFTDepthwise(torch.autograd.Function):
         h, w = x.shape[-2:]
         k = weight.shape[-1]
         shape = _fft_shape(h, w, k)
-        xs = torch.fft.rfft2(x, s=shape)
+        # FFTs along a strided (channels_last) last axis are about 2x slower than a copy plus
+        # FFTs on NCHW; the copy is not kept (x itself is saved).
+        xs = torch.fft.rfft2(x.contiguous(), s=shape)
         ws = torch.fft.rfft2(_shifted_kernel(weight, shape))
         y = torch.fft.irfft2(xs * ws.conj(), s=shape)[..., :h, :w]
         ctx.save_for_backward(x, weight)
@@ -133,17 +147,21 @@ class _FFTDepthwise(torch.autograd.Function):
         k = weight.shape[-1]
         p = k // 2
         shape = _fft_shape(h, w, k)
-        gs = torch.fft.rfft2(grad, s=shape)
+        gs = torch.fft.rfft2(grad.contiguous(), s=shape)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             ws = torch.fft.rfft2(_shifted_kernel(weight, shape))
             grad_x = torch.fft.irfft2(gs * ws, s=shape)[..., :h, :w].contiguous()
         if ctx.needs_input_grad[1]:
-            xs = torch.fft.rfft2(x, s=shape)
+            xs = torch.fft.rfft2(x.contiguous(), s=shape)
             corr = torch.fft.irfft2((xs * gs.conj()).sum(0), s=shape)  # (C, L1, L2)
             corr = torch.roll(corr, shifts=(p, p), dims=(-2, -1))[:, :k, :k]
             grad_w = corr.unsqueeze(1).contiguous()
         return grad_x, grad_w
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def fft_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,7 +176,7 @@ def fft_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         raise ValueError(f"depthwise weight must be ({x.shape[1]}, 1, k, k), got {tuple(weight.shape)}")
     dtype = x.dtype
     compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = _is_channels_last(x)
     y = _FFTDepthwise.apply(x.to(compute), weight.to(compute))
     if bias is not None:
         y = y + bias.to(compute).view(1, -1, 1, 1)
@@ -177,7 +195,7 @@ def depthwise_conv2d(
     """Depthwise 'same' convolution by ``impl`` ('auto' asks :func:`select_impl`)."""
     if impl == "auto":
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        impl = select_impl(weight.shape[-1], x.device.type, tuple(x.shape[-2:]), grad)
+        impl = select_impl(weight.shape[-1], x.device.type, tuple(x.shape[-2:]), grad, _is_channels_last(x))
     if impl == "fft":
         return fft_depthwise_conv2d(x, weight, bias)
     if impl == "direct":

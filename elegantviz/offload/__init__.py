@@ -16,11 +16,13 @@ Imports torch, so ``import elegantviz`` does not import this package; import it 
 from .checkpoint import CheckpointHandle, checkpoint_hrnet, checkpoint_module, checkpointed, uncheckpoint_module
 from .hooks import DEFAULT_THRESHOLD, DiskOffload, HostOffload, PinnedPool, default_spill_root
 from .meter import MemoryMeter, StepStats
-from .planner import POLICY_NAMES, MemoryBudgetError, Plan, Policy, default_budget, format_size, parse_size, plan
+from .planner import (POLICY_NAMES, MemoryBudgetError, Plan, Policy, default_budget, format_size,
+                      mmap_large_allocations, parse_size, plan)
 
 __all__ = [
     "HostOffload", "DiskOffload", "PinnedPool", "DEFAULT_THRESHOLD", "default_spill_root",
     "checkpoint_hrnet", "checkpoint_module", "uncheckpoint_module", "checkpointed", "CheckpointHandle",
     "MemoryMeter", "StepStats",
     "Policy", "Plan", "plan", "parse_size", "format_size", "default_budget", "MemoryBudgetError", "POLICY_NAMES",
+    "mmap_large_allocations",
 ]

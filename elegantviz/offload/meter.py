@@ -163,6 +163,15 @@ class MemoryMeter:
         with self._lock:
             return dict(self._held)
 
+    def snapshot(self) -> dict[str, float]:
+        """The counters since the last step began (or since creation), without a step."""
+        with self._lock:
+            return {"saved_bytes": self._saved, "dedup_bytes": self._dedup,
+                    "held_host_peak_bytes": self._held_peak["host"],
+                    "held_device_peak_bytes": self._held_peak["device"],
+                    "spilled_host_bytes": self._spilled["host"], "spilled_disk_bytes": self._spilled["disk"],
+                    "move_seconds": self._move}
+
     # -- step API --------------------------------------------------------------------------------
     @contextmanager
     def step(self, **extra: object) -> Iterator[StepStats]:

@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..errors import ElegantvizError
 from .checkpoint import CheckpointHandle, checkpoint_hrnet, find_hrnets
@@ -24,18 +27,19 @@ from .hooks import DEFAULT_THRESHOLD, DiskOffload, HostOffload, _Kept, _OffloadH
 from .meter import MemoryMeter
 
 __all__ = ["Policy", "Plan", "plan", "parse_size", "format_size", "MemoryBudgetError", "POLICY_NAMES",
-           "default_budget"]
+           "default_budget", "mmap_large_allocations"]
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
           "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
           "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
 
-# Cheapest first. On CPU, spilling to the page cache costs less time than recomputing (see
-# benchmarks/results/memory.json); checkpointing before disk on CUDA, where recompute is cheap
-# and PCIe/disk are slow.
-POLICY_NAMES = ("none", "host", "disk", "checkpoint", "checkpoint+host", "checkpoint+disk")
+# Cheapest first. Checkpointing costs a bounded amount of compute (the backbone's forward once
+# more, +30-70 % step time here); spilling costs 2-4 GB of disk traffic per megapixel each way,
+# which the page cache hides only while it fits (benchmarks/results/memory.json). Host memory
+# on CUDA overlaps with compute and comes first there.
+POLICY_NAMES = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk")
 _CUDA_ORDER = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk")
-_CPU_ORDER = ("none", "disk", "checkpoint", "checkpoint+disk")
+_CPU_ORDER = ("none", "checkpoint", "disk", "checkpoint+disk")
 
 
 class MemoryBudgetError(ElegantvizError, MemoryError):
@@ -73,6 +77,25 @@ def default_budget(device: torch.device | str = "cpu", margin: float = 0.8) -> i
     import psutil
 
     return int(psutil.virtual_memory().available * margin)
+
+
+def mmap_large_allocations(threshold_bytes: int = 1 << 20) -> bool:
+    """Make glibc serve allocations >= ``threshold_bytes`` with mmap; False where that fails.
+
+    By default glibc raises its mmap threshold after each large free (up to 32 MiB) and keeps
+    freed heap memory for reuse, so a step that spills or recomputes frees activations that
+    the process still holds: peak RSS here was up to 2x the live tensor bytes (1.56 vs 0.88 GiB
+    at 1024 px with disk spill). Process-wide and not undone; call once at start-up.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_mmap_threshold = -3
+        return bool(libc.mallopt(m_mmap_threshold, int(threshold_bytes)))
+    except (OSError, AttributeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -140,44 +163,73 @@ class Policy:
 
 
 class _Measure(_OffloadHooks):
-    """Keeps everything in place and counts, per full-scene class: small, big, largest tensor."""
+    """Keeps everything in place and counts the distinct saved bytes (for policies without hooks)."""
 
     def __init__(self, threshold_bytes: int, keep: nn.Module):
         super().__init__(threshold_bytes, None, 0, keep)
-        self.small = self.big = self.largest = 0
+        self.total = 0
 
     def _store(self, rec: _Saved, t: torch.Tensor) -> _Kept:
         return _Kept(t.detach(), None, counted=False)
 
     def _on_new(self, nbytes: int, small: bool) -> None:
-        if small:
-            self.small += nbytes
-        else:
-            self.big += nbytes
-        self.largest = max(self.largest, nbytes)
+        self.total += nbytes
 
 
-def _segment_hooks(model: nn.Module, probe: _Measure) -> tuple[list[Any], list[int]]:
-    """Forward hooks recording the saved bytes of each checkpoint segment (the recompute peak)."""
-    sizes: list[int] = []
-    handles = []
-    starts: dict[int, int] = {}
+class _LiveBytes(TorchDispatchMode):
+    """Peak bytes of the CPU tensor storages created while active (forward, hooks and backward).
 
-    def pre(m: nn.Module, *_: Any) -> None:
-        starts[id(m)] = probe.small + probe.big
+    CPU tensors have no allocator statistics; this counts every op's output storages and drops
+    them when their storage dies (swept every few ops, so the peak errs on the high side).
+    Parameter gradients are left out (a fixed cost the planner adds itself): counted, they make
+    the peak of a small dry run a poor guide to how it grows with pixels.
+    """
 
-    def post(m: nn.Module, *_: Any) -> None:
-        sizes.append(probe.small + probe.big - starts.pop(id(m), probe.small + probe.big))
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.now = self.peak = 0
+        self._ops = 0
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._handles: list[Any] = []
 
-    segments: list[tuple[nn.Module, nn.Module]] = []
-    for body in find_hrnets(model):
-        segments.append((body.conv1, body.act2))
-        segments += [(b, b) for b in body.layer1]
-        segments += [(m, m) for stage in (body.stage2, body.stage3, body.stage4) for m in stage]
-    for first, last in segments:
-        handles.append(first.register_forward_pre_hook(lambda m, a, f=first: pre(f)))
-        handles.append(last.register_forward_hook(lambda m, a, o, f=first: post(f)))
-    return handles, sizes
+    def __enter__(self) -> "_LiveBytes":
+        self._handles = [p.register_post_accumulate_grad_hook(self._forget_grad) for p in self._params]
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        super().__exit__(*exc)
+
+    def _forget_grad(self, p: torch.Tensor) -> None:
+        entry = self.live.pop(p.grad.untyped_storage().data_ptr(), None)
+        if entry is not None:
+            self.now -= entry[1]
+
+    def _sweep(self) -> None:
+        for ptr in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.now -= self.live.pop(ptr)[1]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self._ops += 1
+        if self._ops % 8 == 0:
+            self._sweep()
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided:
+                continue
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+            entry = self.live.get(ptr)
+            if nbytes == 0 or (entry is not None and not entry[0].expired()):
+                continue
+            if entry is not None:
+                self.now -= entry[1]
+            self.live[ptr] = (StorageWeakRef(storage), nbytes)
+            self.now += nbytes
+            self.peak = max(self.peak, self.now)
+        return out
 
 
 def _default_loss(out: Any) -> torch.Tensor:
@@ -209,6 +261,15 @@ class Plan:
     per_megapixel: dict[str, float] = field(default_factory=dict)  # bytes/Mpx of the need, per policy
     measured: dict[str, Any] = field(default_factory=dict)
 
+    def predict(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
+        """Predicted peak per measured policy for another scene size, from the same dry runs."""
+        m = self.measured
+        px = _pad32(height) * _pad32(width)
+        fixed = 8 * batch * px + 2 * m["params_bytes"]
+        return {n: int(_fit(m["pixels"], m["rows"][n], px) * batch + fixed
+                       + (m["max_inflight_bytes"] if "disk" in n else 0))
+                for n in self.needs}
+
     def summary(self) -> str:
         rows = ", ".join(f"{k} {format_size(v)}" for k, v in self.needs.items())
         return (f"policy {self.policy.name}: needs {format_size(self.needs[self.policy.name])} of "
@@ -224,19 +285,54 @@ def _pad32(n: int) -> int:
     return -(-n // 32) * 32
 
 
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.Tensor],
+             policy: Policy) -> tuple[int, int, int]:
+    """One forward+backward under ``policy``: (peak bytes on the device, peak saved bytes held in
+    host memory, distinct saved bytes). CPU peaks come from :class:`_LiveBytes`, CUDA ones from
+    the caching allocator."""
+    meter = MemoryMeter(x.device)
+    hooks = policy.hooks(model, meter) or _Measure(policy.threshold_bytes, model)
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+    live = _LiveBytes(model) if not cuda else nullcontext()
+    handle = checkpoint_hrnet(model, mlk=policy.checkpoint_mlk) if policy.checkpoint else None
+    try:
+        with hooks, live:
+            loss_fn(model(x)).backward()
+    finally:
+        if handle is not None:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated(x.device) - base if cuda else live.peak
+    counters = meter.snapshot()
+    saved = hooks.total if isinstance(hooks, _Measure) else counters["saved_bytes"]
+    return int(peak), counters["held_host_peak_bytes"] if cuda else 0, int(saved)
+
+
 def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str | None = None,
-         device: torch.device | str | None = None, *, batch: int = 1, sizes: tuple[int, int] = (64, 128),
+         device: torch.device | str | None = None, *, batch: int = 1, sizes: tuple[int, int] = (128, 256),
          candidates: Sequence[str] | None = None, loss_fn: Callable[[Any], torch.Tensor] | None = None,
          threshold_bytes: int = DEFAULT_THRESHOLD, spill_dir: str | None = None,
-         max_inflight_bytes: int = 64 << 20, margin: float = 0.8) -> Plan:
+         max_inflight_bytes: int = 64 << 20, margin: float = 0.8, evaluate_all: bool = False) -> Plan:
     """Pick the cheapest policy whose predicted peak for ``batch`` scenes of ``sample_shape``
     ``(c, h, w)`` fits ``budget_bytes`` (default: free memory times ``margin``).
 
-    Two dry runs per size (plain and checkpointed) on a copy of ``model`` measure, per pixel: all
-    saved bytes, the bytes that stay in memory under the threshold, the largest checkpoint
-    segment (recomputed in backward) and the largest tensor (a stand-in for the gradient working
-    set, counted three times). Peak = those, per policy, + 8 bytes/px of labels + 3x the
-    parameters (gradients, momentum). Raises :class:`MemoryBudgetError` if nothing fits.
+    A dry forward+backward per candidate policy at each of two small sizes, on a copy of
+    ``model``, under that policy's own hooks and checkpointing (the threshold scaled so that a
+    tensor is kept or moved as it will be at full size), measures the peak bytes of live tensors
+    (CPU: every op's outputs through a dispatch mode; CUDA: the allocator's peak). Peaks grow
+    linearly with pixels; the fit at the full scene, + 8 bytes/px of labels, + twice the
+    parameters (gradients, momentum), + the disk writer's in-flight bytes, is the need of each
+    policy. Policies are tried cheapest first and the first that fits is taken
+    (``evaluate_all=True`` measures all of them, for reports); each costs two small steps.
+    Raises :class:`MemoryBudgetError` if nothing fits.
     """
     c, h, w = (int(v) for v in sample_shape)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -251,61 +347,37 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
 
     probe_model = copy.deepcopy(model).to(device).train()
     params = sum(p.numel() * p.element_size() for p in probe_model.parameters())
-    rows: dict[str, list[float]] = {k: [] for k in ("all", "small", "ckpt_all", "ckpt_small", "segment", "largest")}
-    pixels: list[float] = []
-    for s in sizes:
-        px = s * s
-        pixels.append(px)
-        # A tensor of n bytes here has n * scene_px / px bytes at full size: classify it as such.
-        thr = max(1, int(threshold_bytes * px / scene_px))
-        x = torch.randn(1, c, s, s, device=device)
-        for ck in ([False, True] if has_hrnet else [False]):
-            probe = _Measure(thr, probe_model)
-            handles, segs = _segment_hooks(probe_model, probe) if not ck else ([], [])
-            ctx = Policy(checkpoint=ck).apply(probe_model)
-            try:
-                with ctx, probe:
-                    loss_fn(probe_model(x)).backward()
-            finally:
-                for hd in handles:
-                    hd.remove()
-            probe_model.zero_grad(set_to_none=True)
-            if not ck:
-                rows["all"].append(probe.small + probe.big)
-                rows["small"].append(probe.small)
-                rows["segment"].append(max(segs, default=0))
-                rows["largest"].append(probe.largest)
-            else:
-                rows["ckpt_all"].append(probe.small + probe.big)
-                rows["ckpt_small"].append(probe.small)
-        del x
-    del probe_model
-    full = {k: _fit(pixels, v, scene_px / batch) * batch for k, v in rows.items() if v}
-    work = 3 * full["largest"] + 8 * scene_px + 3 * params
-    inflight = max_inflight_bytes
-    needs_all = {
-        "none": full["all"] + work,
-        "host": full["small"] + work,  # device side; the rest goes to host RAM
-        "disk": full["small"] + inflight + work,
-    }
-    if has_hrnet:
-        needs_all.update({
-            "checkpoint": full["ckpt_all"] + full["segment"] + work,
-            "checkpoint+host": full["ckpt_small"] + full["segment"] + work,
-            "checkpoint+disk": full["ckpt_small"] + full["segment"] + inflight + work,
-        })
-    needs = {n: int(needs_all[n]) for n in order}
-    host_needs = {"host": full["all"] - full["small"],
-                  "checkpoint+host": full.get("ckpt_all", 0) - full.get("ckpt_small", 0)}
+    # Labels (int64), gradients and optimizer state (momentum) come on top.
+    fixed = 8 * scene_px + 2 * params
     host_budget = default_budget("cpu", margin) if cuda else None
-    mpx = scene_px / 1e6
-    measured = {"sizes": list(sizes), "rows": rows, "params_bytes": params, "full": full}
+    pixels = [float(s * s) for s in sizes]
+    rows: dict[str, list[float]] = {}
+    needs: dict[str, int] = {}
+    chosen: str | None = None
     for name in order:
-        if needs[name] > budget:
-            continue
-        if cuda and name in host_needs and host_needs[name] > host_budget:
-            continue
-        pol = Policy.from_name(name, threshold_bytes=threshold_bytes, spill_dir=spill_dir,
+        for s in sizes:
+            # A tensor of n bytes here has n * scene_px / px bytes at full size: classify it as such.
+            thr = max(1, int(threshold_bytes * s * s / scene_px))
+            x = torch.randn(1, c, s, s, device=device)
+            peak, host, saved = _dry_run(probe_model, x, loss_fn, Policy.from_name(
+                name, threshold_bytes=thr, spill_dir=spill_dir, max_inflight_bytes=0))
+            rows.setdefault(name, []).append(peak + _nbytes(x))
+            rows.setdefault(name + ":host", []).append(host)
+            rows.setdefault(name + ":saved", []).append(saved)
+        full = {k: _fit(pixels, rows[k], scene_px / batch) * batch for k in (name, name + ":host", name + ":saved")}
+        needs[name] = int(full[name] + fixed + (max_inflight_bytes if "disk" in name else 0))
+        fits = needs[name] <= budget and not (cuda and "host" in name and full[name + ":host"] > host_budget)
+        if fits and chosen is None:
+            chosen = name
+            if not evaluate_all:
+                break
+    del probe_model
+    mpx = scene_px / 1e6
+    full = {k: _fit(pixels, v, scene_px / batch) * batch for k, v in rows.items()}
+    measured = {"sizes": list(sizes), "pixels": pixels, "rows": rows, "params_bytes": params, "full": full,
+                "max_inflight_bytes": max_inflight_bytes}
+    if chosen is not None:
+        pol = Policy.from_name(chosen, threshold_bytes=threshold_bytes, spill_dir=spill_dir,
                                max_inflight_bytes=max_inflight_bytes)
         return Plan(pol, budget, needs, scene_px, {k: v / mpx for k, v in needs.items()}, measured)
     leanest = min(needs, key=needs.get)

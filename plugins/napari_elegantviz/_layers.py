@@ -50,6 +50,14 @@ def meta(scene: Scene, part: str, **extra: Any) -> dict:
     return {"elegantviz": {"scene": scene.url, "part": part, **extra}}
 
 
+def as_layer_data(levels: list[da.Array], kwargs: dict, layer_type: str) -> tuple:
+    """A layer-data tuple; a pyramid of one level (a scene smaller than a tile) as a plain array,
+    since napari 0.9 fails on a one-level multiscale Labels layer."""
+    if len(levels) == 1:
+        return levels[0], {**kwargs, "multiscale": False}, layer_type
+    return levels, kwargs, layer_type
+
+
 # --- image -----------------------------------------------------------------------------------
 def band_index(bands: list[str], role: str) -> int | None:
     aliases = BAND_ALIASES[role]
@@ -138,14 +146,14 @@ def image_layer(scene: Scene, composite: str = NATURAL) -> tuple:
     names = [scene.bands[i] for i in picks]
     kwargs: dict[str, Any] = {
         "name": "image" if composite == NATURAL else "image (NIR false colour)",
-        "multiscale": True,
+        "multiscale": True,  # unless one level: see as_layer_data
         "metadata": meta(scene, "image", bands=names, composite=composite),
     }
     if len(picks) == 1:
         levels = [lvl[picks[0]] for lvl in scene.levels]  # one band: its own chunks are the right ones
         lo, hi = windows[0]
         kwargs.update(rgb=False, colormap="gray", contrast_limits=[lo, max(hi, lo + 1e-6)])
-        return levels, kwargs, "image"
+        return as_layer_data(levels, kwargs, "image")
     take = _band_taker(picks)
     if scene.dtype == np.uint8:
         levels = [take(lvl).transpose(1, 2, 0) for lvl in image_levels(scene)]
@@ -155,7 +163,7 @@ def image_layer(scene: Scene, composite: str = NATURAL) -> tuple:
         levels = [_stretch_to_uint8(take(lvl), windows, scene.nodata).transpose(1, 2, 0) for lvl in image_levels(scene)]
         limits = [0, 255]
     kwargs.update(rgb=True, contrast_limits=limits)
-    return levels, kwargs, "image"
+    return as_layer_data(levels, kwargs, "image")
 
 
 # --- labels ----------------------------------------------------------------------------------
@@ -197,14 +205,14 @@ def labels_layer(scene: Scene, name: str, visible: bool = True) -> tuple:
     extra = {"colour": HARD_COLOUR} if name == "hard" else {}
     kwargs = {
         "name": name,
-        "multiscale": True,
+        "multiscale": True,  # unless one level: see as_layer_data
         "colormap": label_colormap(table, hidden=[0] if name in OVERLAY_LABELS else []),
         "features": label_features(table),
         "opacity": LABELS_OPACITY,
         "visible": visible,
         "metadata": meta(scene, f"labels/{name}", classes=table.to_dict(), **extra),
     }
-    return levels, kwargs, "labels"
+    return as_layer_data(levels, kwargs, "labels")
 
 
 # --- maps ------------------------------------------------------------------------------------
@@ -223,17 +231,28 @@ def map_contrast(scene: Scene, name: str, levels: list[da.Array]) -> list[float]
     return [lo, max(hi, lo + 1e-6)]
 
 
+def map_stride(scene: Scene, name: str, level0: da.Array) -> float:
+    """Image pixels per map pixel: the recorded stride, unless the map is stored at full size.
+
+    Prediction records the model's stride on every map, also on margin and attention, which
+    it writes upsampled to the image's size; scaling those would blow them up stride times.
+    """
+    if tuple(level0.shape[-2:]) == tuple(scene.shape[1:]):
+        return 1.0
+    return float(scene.map_attrs(name).get("stride", 1))
+
+
 def map_layer(scene: Scene, name: str, visible: bool = False) -> tuple | None:
     levels = scene.map_levels(name)
     if levels[0].ndim == 3:
         if levels[0].shape[0] != 1 and SKIP_MULTICHANNEL_MAPS:
             return None
         levels = [lvl[0] for lvl in levels]
-    stride = float(scene.map_attrs(name).get("stride", 1))
+    stride = map_stride(scene, name, levels[0])
     colormap, blending = MAP_STYLES.get(name, DEFAULT_MAP_STYLE)
     kwargs = {
         "name": name,
-        "multiscale": True,
+        "multiscale": True,  # unless one level: see as_layer_data
         "colormap": colormap,
         "blending": blending,
         "contrast_limits": map_contrast(scene, name, levels),
@@ -242,7 +261,17 @@ def map_layer(scene: Scene, name: str, visible: bool = False) -> tuple | None:
         "visible": visible,
         "metadata": meta(scene, f"maps/{name}", stride=stride),
     }
-    return levels, kwargs, "image"
+    return as_layer_data(levels, kwargs, "image")
+
+
+def part_layer(scene: Scene, part: str, visible: bool = False) -> tuple | None:
+    """The layer of one stored part (``labels/pred``, ``maps/margin``), None if it is not shown."""
+    kind, _, name = part.partition("/")
+    if kind == "labels":
+        return labels_layer(scene, name, visible=visible)
+    if kind == "maps":
+        return map_layer(scene, name, visible=visible)
+    return None
 
 
 # --- the whole scene -------------------------------------------------------------------------

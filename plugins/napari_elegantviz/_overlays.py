@@ -31,7 +31,8 @@ from ._layers import HARD_COLOUR, HARD_NAMES, hard_colormap, hard_table
 if TYPE_CHECKING:
     import napari
 
-OVERLAY_PARTS = ("labels/hard", "labels/error", "maps/boundary", "maps/margin", "maps/attention", "boundary")
+OVERLAY_PARTS = ("labels/hard", "labels/error", "maps/boundary", "maps/margin", "maps/attention", "boundary",
+                 "probe/attention")
 HARD_COLOURS = ("magenta", "yellow", "cyan", "red", "white", "orange")
 MAP_COLORMAPS = ("inferno", "magma", "viridis", "turbo", "gray", "yellow", "magenta", "cyan", "red")
 BOUNDARY_SUFFIX = " boundary"
