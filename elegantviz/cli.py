@@ -81,7 +81,8 @@ def _predict(args: argparse.Namespace) -> None:
 
     for path in args.scenes:
         summary = predict_scene(args.checkpoint, path, mode=args.mode, name=args.name, crop=args.crop,
-                                overlap=args.overlap, pairs=args.pair, device=args.device, progress=not args.quiet)
+                                overlap=args.overlap, pairs=args.pair, device=args.device, progress=not args.quiet,
+                                tile=args.tile)
         print(f"{path}: {summary['mode']} prediction in {summary['total_s']:.1f} s "
               f"(network {summary['forward_s']:.1f} s{', resumed' if summary['resumed'] else ''}); "
               f"wrote {', '.join(summary['written'])}")
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overlap", type=float, default=1 / 3, help="window overlap for --mode sliced")
     pr.add_argument("--pair", action="append", metavar="TRUE:PRED", help="confusion pairs for labels/error")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    pr.add_argument("--tile", type=int, help="holistic in bounded memory: run the network unit by unit in halo "
+                                             "tiles of this many pixels (same result; for scenes that do not fit)")
 
     e = add("evaluate", _evaluate, "metrics of labels/pred against labels/gt, confusion pairs and their regions")
     e.add_argument("scenes", nargs="+", help="scene stores with labels/pred and labels/gt")

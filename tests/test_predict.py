@@ -142,3 +142,15 @@ def test_a_new_run_never_keeps_parts_of_an_older_one(checkpoint, tmp_path):
     predict_scene(checkpoint, scene.url, mode="sliced", crop=64, progress=False)
     s = open_scene(scene.url)
     assert "pred" in s.labels and "margin" not in s.maps and "hard" not in s.labels
+
+
+def test_tiled_prediction_writes_the_same_store(checkpoint, tmp_path):
+    a = synthesize_riverworld(tmp_path / "a.zarr", height=160, width=150, seed=4, tile=64, progress=False)
+    b = synthesize_riverworld(tmp_path / "b.zarr", height=160, width=150, seed=4, tile=64, progress=False)
+    predict_scene(checkpoint, a.url, progress=False)
+    assert main(["predict", str(checkpoint), b.url, "--tile", "64", "-q"]) == 0
+    sa, sb = open_scene(a.url), open_scene(b.url)
+    np.testing.assert_array_equal(sa.label("pred").compute(), sb.label("pred").compute())
+    np.testing.assert_array_equal(sa.label("hard").compute(), sb.label("hard").compute())
+    np.testing.assert_allclose(sa.map("attention").compute().astype(np.float32),
+                               sb.map("attention").compute().astype(np.float32), rtol=1e-2, atol=1e-2)

@@ -166,8 +166,13 @@ def predict_scene(
     device: str = "auto",
     progress: bool = True,
     on_stage: Callable[[str, int, int], None] | None = None,
+    tile: int | None = None,
 ) -> dict:
     """Predict one scene store in place; returns a summary (seconds, what was written).
+
+    ``tile`` (holistic only) runs the network unit by unit in halo tiles of that many pixels
+    (elegantviz.engine.tiled): the same result as one whole-image pass, with a peak memory that
+    stops growing with the scene except for the scene-sized maps themselves.
 
     ``on_stage(stage, done, total)``, when given, is called before each stage (``"forward"``, then
     each part, e.g. ``"labels/pred"``) and once more with ``"done"``, for a progress bar; an
@@ -198,6 +203,7 @@ def predict_scene(
     if mode == "holistic" or name == "pred":  # evidence describes labels/pred: it goes when pred is redone
         parts += [("maps", m) for m in ("margin", "boundary", "keys", "queries", "attention")] + [("labels", "hard")]
     job = {"checkpoint": str(Path(checkpoint).resolve()), "mtime": Path(checkpoint).stat().st_mtime, "mode": mode,
+           "tile": tile,
            "crop": crop if mode == "sliced" else None, "overlap": overlap if mode == "sliced" else None}
     outputs = _cached(scene, name, job)
     cached = outputs is not None
@@ -206,7 +212,11 @@ def predict_scene(
         for kind, part in parts:
             scene.remove(kind, part)
         image, valid = norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
-        if mode == "holistic":
+        if mode == "holistic" and tile:
+            from elegantviz.engine.tiled import forward_tiled
+
+            outputs = forward_tiled(model, image, dev, tile=tile, progress=progress)
+        elif mode == "holistic":
             outputs = forward_holistic(model, image, dev)
         else:
             outputs = forward_sliced(model, image, dev, crop, overlap, progress)
