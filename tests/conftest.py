@@ -40,3 +40,15 @@ def riverworld_store(tmp_path):
     from elegantviz.data.synthetic import synthesize_riverworld
 
     return synthesize_riverworld(tmp_path / "rw.zarr", height=384, width=320, seed=3, tile=128, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: two OpenMP threads on two shared cores mostly wait for each other (a 97 px
+    step took 22 s with 2 threads against 1 s with 1), so these modules run torch on one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,14 +13,7 @@ from elegantviz.models.depthwise import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed machine OpenMP barriers make tiny ops 10-50x slower with 2
-    # threads than with 1 (a 97 px EHSNet step: 22 s vs 1 s); these tests use tiny tensors.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rel(a, b):
@@ -75,11 +68,12 @@ def test_module_is_a_conv2d_and_impls_agree():
 
 
 def test_select_impl_table():
-    # training: FFT from 15x15 on; 7x7 direct except NCHW on large maps
+    # training: FFT from 15x15 on; 7x7 direct except NCHW multi-threaded on large maps
     assert select_impl(31, "cpu", (200, 200), requires_grad=True) == "fft"
     assert select_impl(15, "cpu", (16, 16), requires_grad=True, channels_last=True) == "fft"
     assert select_impl(7, "cpu", (200, 200), requires_grad=True, channels_last=True) == "direct"
-    assert select_impl(7, "cpu", (200, 200), requires_grad=True, channels_last=False) == "fft"
+    assert select_impl(7, "cpu", (200, 200), requires_grad=True, channels_last=False, threads=2) == "fft"
+    assert select_impl(7, "cpu", (200, 200), requires_grad=True, channels_last=False, threads=1) == "direct"
     assert select_impl(7, "cpu", (64, 64), requires_grad=True, channels_last=False) == "direct"
     assert select_impl(3, "cpu", (200, 200), requires_grad=True) == "direct"
     # inference: channels_last direct, NCHW FFT from 15x15 on

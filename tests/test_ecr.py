@@ -10,14 +10,7 @@ from hypothesis import strategies as st
 from elegantviz.models.ecr import ECR, efficient_attention, logit_margin, num_hard, select_hard
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed machine OpenMP barriers make tiny ops 10-50x slower with 2
-    # threads than with 1 (a 97 px EHSNet step: 22 s vs 1 s); these tests use tiny tensors.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _explicit(hard, feats, norm):

@@ -17,14 +17,7 @@ from elegantviz.losses import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed machine OpenMP barriers make tiny ops 10-50x slower with 2
-    # threads than with 1 (a 97 px EHSNet step: 22 s vs 1 s); these tests use tiny tensors.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # The 5x5 Sobel kernels written out (OpenCV's getDerivKernels(1, 0, 5)): smoothing x derivative.
 SMOOTH5 = np.array([1, 4, 6, 4, 1], float)

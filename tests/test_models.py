@@ -23,14 +23,7 @@ from elegantviz.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared, oversubscribed machine OpenMP barriers make tiny ops 10-50x slower with 2
-    # threads than with 1 (a 97 px EHSNet step: 22 s vs 1 s); these tests use tiny tensors.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # timm's own count for features_only HRNet (feature_location='', branches 1-4)
 PAPER_BACKBONES = {"hrnet_w18": 9.56e6, "hrnet_w32": 29.31e6, "hrnet_w48": 65.33e6}

@@ -12,13 +12,7 @@ from elegantviz.offload import DiskOffload, HostOffload, MemoryMeter, PinnedPool
 from elegantviz.offload.hooks import _flat_source, _span, _version_token
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny steps are all overhead; two threads on two shared cores mostly wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TARGETS = {

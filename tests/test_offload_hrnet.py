@@ -20,13 +20,7 @@ timm = pytest.importorskip("timm")
 SIZE, BANDS = 64, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny steps are all overhead; two threads on two shared cores mostly wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
