@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -94,24 +95,30 @@ def main() -> None:
             best_fwd = min(sel, key=lambda r: r["forward_s"])
             worst_direct = max((r for r in sel if r["impl"] == "direct"), key=lambda r: r["train_s"])
             fft_nchw = next(r for r in sel if r["impl"] == "fft" and not r["channels_last"])
+            direct = {("cl" if r["channels_last"] else "nchw"): r for r in sel if r["impl"] == "direct"}
             summary.append(dict(
                 map=[c, h, w], k=k,
                 fastest_train=f"{best_train['impl']}{'-CL' if best_train['channels_last'] else ''}",
                 fastest_forward=f"{best_fwd['impl']}{'-CL' if best_fwd['channels_last'] else ''}",
-                select_impl_train=select_impl(k, "cpu", (h, w), True),
-                select_impl_infer=select_impl(k, "cpu", (h, w), False),
-                fft_speedup_train_vs_direct_cl=next(r for r in sel if r["impl"] == "direct" and r["channels_last"])[
-                    "train_s"] / fft_nchw["train_s"],
-                fft_speedup_train_vs_direct_nchw=next(
-                    r for r in sel if r["impl"] == "direct" and not r["channels_last"])["train_s"] / fft_nchw["train_s"],
+                select_impl_train=dict(nchw=select_impl(k, "cpu", (h, w), True, False, args.threads),
+                                       channels_last=select_impl(k, "cpu", (h, w), True, True, args.threads)),
+                select_impl_infer=dict(nchw=select_impl(k, "cpu", (h, w), False, False),
+                                       channels_last=select_impl(k, "cpu", (h, w), False, True)),
+                fft_speedup_train_vs_direct_cl=direct["cl"]["train_s"] / fft_nchw["train_s"],
+                fft_speedup_train_vs_direct_nchw=direct["nchw"]["train_s"] / fft_nchw["train_s"],
                 slowest_direct=worst_direct["train_s"],
             ))
     for s in summary:
         print(s)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = dict(benchmark="depthwise", torch=torch.__version__, threads=args.threads, cpu=platform.processor(),
+    run = dict(torch=torch.__version__, threads=args.threads, cpu=platform.processor(), loadavg_at_end=os.getloadavg(),
                rows=rows, max_rel_error=errors, summary=summary)
-    (RESULTS / "depthwise.json").write_text(json.dumps(out, indent=1))
+    # one run per thread count, kept side by side
+    path = RESULTS / "depthwise.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    runs = old.get("runs", {})
+    runs[f"threads={args.threads}"] = run
+    path.write_text(json.dumps(dict(benchmark="depthwise", runs=runs), indent=1))
     print(f"wrote {RESULTS / 'depthwise.json'}")
 
 
