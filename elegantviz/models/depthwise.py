@@ -35,13 +35,14 @@ __all__ = [
 
 DepthwiseImpl = Literal["auto", "direct", "fft"]
 
-# Measured by benchmarks/depthwise.py on this machine's CPU (2 cores, torch 2.14, 1 x 256 x H x W
-# maps with H x W from 64^2 to 225 x 212; results/depthwise.json):
+# Measured by benchmarks/depthwise.py on this machine's CPU (2 cores shared with other work,
+# torch 2.14, 1 x 256 x H x W maps, H x W from 16^2 to 225 x 212; results/depthwise.json):
 # - training (forward + input and weight gradients): the FFT wins from 15x15 on at every map
-#   size, 4-27x at 31x31; at 7x7 the direct convolution wins in channels_last, and in NCHW
-#   only on small maps (the NCHW direct weight gradient is slow from about 128^2 on);
+#   size, 6-29x over the direct convolution at 31x31 (its weight gradient dominates); at 7x7
+#   the direct convolution wins in channels_last, and in NCHW too with one thread, but NCHW's
+#   multi-threaded weight gradient is slow enough (3-4 s at 128^2 and up) that the FFT wins;
 # - inference (forward only): channels_last direct convolution is the fastest or level with
-#   the FFT; NCHW direct convolution is 3-12x slower than the FFT from 15x15 on.
+#   the FFT; NCHW direct convolution is 2-13x slower than the FFT from 15x15 on.
 CPU_FFT_MIN_KERNEL_TRAIN = 15
 CPU_FFT_MIN_KERNEL_TRAIN_NCHW_LARGE = 7
 CPU_LARGE_MAP_PIXELS = 128 * 128
@@ -56,19 +57,22 @@ def select_impl(
     spatial: tuple[int, int] | None = None,
     requires_grad: bool = True,
     channels_last: bool = False,
+    threads: int | None = None,
 ) -> Literal["direct", "fft"]:
     """The faster exact implementation for a depthwise ``kernel_size`` conv on ``device_type``.
 
     ``spatial`` is the (h, w) of the map when known; ``requires_grad`` says whether gradients
     will be computed (training), where the direct convolution's weight gradient is slowest;
-    ``channels_last`` is the input's memory format. A table lookup, never a timing.
+    ``channels_last`` is the input's memory format; ``threads`` defaults to torch's intra-op
+    thread count. A table lookup, never a timing.
     """
     if device_type == "cpu":
         if requires_grad:
             if kernel_size >= CPU_FFT_MIN_KERNEL_TRAIN:
                 return "fft"
             large = spatial is not None and spatial[0] * spatial[1] >= CPU_LARGE_MAP_PIXELS
-            if not channels_last and large and kernel_size >= CPU_FFT_MIN_KERNEL_TRAIN_NCHW_LARGE:
+            threads = torch.get_num_threads() if threads is None else threads
+            if not channels_last and large and threads > 1 and kernel_size >= CPU_FFT_MIN_KERNEL_TRAIN_NCHW_LARGE:
                 return "fft"
             return "direct"
         if channels_last:
