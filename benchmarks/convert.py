@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from _report import CHILD_PEAK_RSS, report
+
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -61,10 +63,8 @@ t = time.perf_counter()
 scene = convert_raster(sys.argv[1], sys.argv[2], overwrite=True, progress=False).scene
 total = time.perf_counter() - t
 levels = [scene.root[str(k)].attrs["elegantviz"]["write_seconds"] for k in range(scene.num_levels)]
-# VmHWM: this process's own peak RSS (getrusage would include what the forking parent held)
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"total_s": total, "level_s": levels, "peak_rss_mb": hwm / 1024}))
-"""
+print(json.dumps({"total_s": total, "level_s": levels, "peak_rss_mb": %s}))
+""" % CHILD_PEAK_RSS
 
 
 def main() -> None:
@@ -99,10 +99,7 @@ def main() -> None:
         "peak_rss_mb": peak_rss_mb,
         "peak_rss_under_1gb": peak_rss_mb < 1024,
     }
-    for k, v in result.items():
-        print(f"{k:32s} {v:.3f}" if isinstance(v, float) else f"{k:32s} {v}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":

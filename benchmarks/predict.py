@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _report import CHILD_PEAK_RSS, report
+
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
@@ -32,9 +34,8 @@ t = time.perf_counter()
 out = forward_holistic(model, img, torch.device("cpu")) if mode == "holistic" else \
       forward_sliced(model, img, torch.device("cpu"), 512, 1 / 3, progress=False)
 seconds = time.perf_counter() - t
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"seconds": seconds, "peak_rss_mb": hwm / 1024, "crops": out.get("crops")}))
-"""
+print(json.dumps({"seconds": seconds, "peak_rss_mb": %s, "crops": out.get("crops")}))
+""" % CHILD_PEAK_RSS
 
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -87,10 +88,7 @@ def main() -> None:
         "fp32_gemm_peak_gflops_per_s": peak,
         "holistic_share_of_gemm_peak": gflop / holistic["seconds"] / peak,
     }
-    for k, v in result.items():
-        print(f"{k:34s} {v:.3f}" if isinstance(v, float) else f"{k:34s} {v}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    report(result, args.out)
 
 
 if __name__ == "__main__":
