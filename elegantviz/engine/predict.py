@@ -225,14 +225,14 @@ def predict_scene(
     stages["done"] += 1
     forward_s = time.perf_counter() - started
     shape = scene.shape[1:]
-    tile = scene._tile
+    tile = scene.tile
     written: list[str] = []
 
     def put(kind: str, part: str, write) -> None:
         """Write one part; after an interruption keep the parts that were finished."""
         stage(f"{kind}/{part}")
         stages["done"] += 1
-        if cached and part in scene._parts(kind):
+        if cached and part in (scene.labels if kind == "labels" else scene.maps):
             written.append(f"{kind}/{part}")
             return
         write()

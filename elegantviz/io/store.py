@@ -296,7 +296,7 @@ class Scene:
             raise InputError(f"{self.url}: labels/{name} must be uint8 class ids, got {arr.dtype}")
         classes = classes or self.classes
         group = self._start_part("labels", name, overwrite)
-        n = _write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self._tile, IGNORE_INDEX,
+        n = _write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self.tile, IGNORE_INDEX,
                            None, f"labels/{name}", progress)
         ome: dict = {"version": NGFF_VERSION, "multiscales": _multiscales(name, ("y", "x"), n)}
         if classes is not None:
@@ -333,7 +333,7 @@ class Scene:
             raise InputError(f"{self.url}: maps/{name} must be (y, x) or (c, y, x), got {arr.shape}")
         arr = arr.astype(dtype)
         group = self._start_part("maps", name, overwrite)
-        n = _write_pyramid(self.root, f"maps/{name}", arr, "mean", tile or self._tile, np.nan, None,
+        n = _write_pyramid(self.root, f"maps/{name}", arr, "mean", tile or self.tile, np.nan, None,
                            f"maps/{name}", progress)
         axes = ("c", "y", "x")[-arr.ndim :]
         group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": _multiscales(name, axes, n)},
@@ -346,7 +346,8 @@ class Scene:
         self.root.attrs[KEY] = meta
 
     @property
-    def _tile(self) -> int:
+    def tile(self) -> int:
+        """Chunk side of the image (and default of added parts), in pixels."""
         return int(self.root["0"].chunks[-1])
 
     def __repr__(self) -> str:
