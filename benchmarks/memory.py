@@ -5,7 +5,11 @@ planner's prediction (from two dry runs at 64 and 128 px) is recorded next to ea
 configurations the planner says do not fit the free memory are skipped, and host GB per megapixel
 is compared with the EHSNet paper's 117 GB for a 6800x7200 scene (2.4 GB/Mpx).
 
-    nice -n 10 .venv/bin/python benchmarks/memory.py --sizes 512 1024 2048 > benchmarks/results/memory.log 2>&1
+    nice -n 10 .venv/bin/python benchmarks/memory.py --sizes 512 1024 2048 4096 --threads 1 \
+        --mmap-threshold 1048576 > benchmarks/results/memory.log 2>&1
+
+Configurations predicted not to fit the free memory, or to spill more than the free disk, are
+skipped and listed with the reason.
 
 Writes benchmarks/results/memory.json (rewritten after every configuration).
 """
@@ -15,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +68,8 @@ def one(args: argparse.Namespace) -> dict:
     meter = MemoryMeter()
     with meter.step() as stats:
         with policy.apply(model, meter):
-            loss = _default_loss(model(x))
+            # as the trainer: logits at the feature stride, BAE loss upsampled band by band
+            loss = _default_loss(model(x, upsample=False) if used != "hrnet_w18" else model(x))
             loss.backward()
             loss = loss.detach()
     d = stats.as_dict()
@@ -79,10 +86,15 @@ def predictions(args: argparse.Namespace, sizes: list[int]) -> dict:
 
     torch.set_num_threads(args.threads)
     model, used = build(args.model, args.bands, args.classes)
-    p = plan(model, (args.bands, 6800, 7200), budget_bytes=1 << 50, candidates=POLICIES, evaluate_all=True)
+    fk = {"upsample": False} if used != "hrnet_w18" else None
+    p = plan(model, (args.bands, 6800, 7200), budget_bytes=1 << 50, candidates=POLICIES, evaluate_all=True,
+             forward_kwargs=fk)
     out = {f"{s}x{s}": p.predict(s, s) for s in sizes}
     out["6800x7200"] = p.needs
-    return {"model": used, "needs": out, "dry_sizes": p.measured["sizes"], "rows": p.measured["rows"]}
+    full = p.measured["full"]
+    spill = {f"{s}x{s}": {n: full[n + ":saved"] * s * s / p.scene_pixels for n in POLICIES if "disk" in n} for s in sizes}
+    spill["6800x7200"] = {n: full[n + ":saved"] for n in POLICIES if "disk" in n}
+    return {"model": used, "needs": out, "spill": spill, "dry_sizes": p.measured["sizes"], "rows": p.measured["rows"]}
 
 
 def main() -> None:
@@ -125,6 +137,13 @@ def main() -> None:
             if need > 0.8 * free:
                 result["skipped"].append(dict(size=size, policy=pol, predicted_bytes=need, free_bytes=free))
                 print(f"skip {size} {pol}: predicted {need / 2**30:.1f} GiB > 80% of free {free / 2**30:.1f} GiB",
+                      flush=True)
+                continue
+            spill = result["planner"]["spill"][f"{size}x{size}"].get(pol, 0)
+            disk_free = shutil.disk_usage(args.spill_dir or tempfile.gettempdir()).free
+            if spill > 0.9 * disk_free:
+                result["skipped"].append(dict(size=size, policy=pol, spill_bytes=spill, disk_free_bytes=disk_free))
+                print(f"skip {size} {pol}: would spill {spill / 2**30:.1f} GiB, disk has {disk_free / 2**30:.1f} GiB",
                       flush=True)
                 continue
             cmd = [sys.executable, __file__, "--one", "--size", str(size), "--policy", pol, "--model", args.model,

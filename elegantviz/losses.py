@@ -16,6 +16,13 @@ exact in integers. The image border is mirrored (reflect-101, OpenCV's default f
 scipy.ndimage's ``mode='mirror'``), so the frame of the image is no boundary either. Ignored
 pixels themselves get weight 0: they are out of the loss.
 
+At full scene size the upsampled logits dominate a training step's memory (24 classes at
+6800x7200: 4.7 GB per logit map, and cross-entropy keeps as much again for backward). So when the
+model hands over logits at its feature stride (``SegOutput.stride > 1``) the loss upsamples,
+weighs and sums them band by band of rows, and recomputes each band in backward
+(:class:`_BandedBAE`): nothing of input size is ever held but the labels. Every pixel's term is
+the same arithmetic as the plain path; only the order of the final sums differs.
+
 Torch only (no scipy at run time); the tests compare with scipy.ndimage.
 """
 
@@ -35,6 +42,7 @@ __all__ = [
     "boundary_weights",
     "weighted_cross_entropy",
     "elegantseg_loss",
+    "banded_bae_loss",
     "BoundaryAwareLoss",
 ]
 
@@ -128,16 +136,128 @@ def elegantseg_loss(
 ):
     """Total BAE loss of a model output (anything with ``logits`` and ``aux_logits``).
 
-    ``seg + w_aux * aux``, both weighted by :func:`boundary_weights`. With ``return_terms``
-    returns ``(total, {'seg': ..., 'aux': ..., 'weights': ...})``.
+    ``seg + w_aux * aux``, both weighted by :func:`boundary_weights`. Logits at the model's
+    feature stride (an output with ``stride > 1``) go through :func:`banded_bae_loss`. With
+    ``return_terms`` returns ``(total, {'seg': ..., 'aux': ...})``, plus ``'weights'`` (the
+    whole weight map) on the plain path.
     """
-    weights = boundary_weights(labels, ksize, w_bd, ignore_index)
-    seg = weighted_cross_entropy(out.logits, labels, weights, ignore_index)
-    aux = weighted_cross_entropy(out.aux_logits, labels, weights, ignore_index)
+    stride = int(getattr(out, "stride", 1) or 1)
+    if stride > 1:
+        seg, aux = banded_bae_loss(out.logits, out.aux_logits, labels, stride, w_bd, ksize, ignore_index)
+        weights = None
+    else:
+        weights = boundary_weights(labels, ksize, w_bd, ignore_index)
+        seg = weighted_cross_entropy(out.logits, labels, weights, ignore_index)
+        aux = weighted_cross_entropy(out.aux_logits, labels, weights, ignore_index)
     total = seg + w_aux * aux
     if return_terms:
-        return total, {"seg": seg.detach(), "aux": aux.detach(), "weights": weights}
+        terms = {"seg": seg.detach(), "aux": aux.detach()}
+        if weights is not None:
+            terms["weights"] = weights
+        return total, terms
     return total
+
+
+def _upsample_rows(band: torch.Tensor, stride: int, first: int, rows: tuple[int, int], width: int) -> torch.Tensor:
+    """Input rows ``rows`` (and columns ``:width``) of the bilinear x``stride`` upsampling of the
+    feature rows in ``band``, whose first row is feature row ``first``.
+
+    The same interpolation as the model's: ``scale_factor=stride`` makes 1/stride the source step
+    in both, and the band's one row of halo each side gives every output row both its sources.
+    """
+    up = F.interpolate(band.float(), scale_factor=stride, mode="bilinear", align_corners=False,
+                       recompute_scale_factor=False)
+    return up[..., rows[0] - first * stride: rows[1] - first * stride, :width]
+
+
+class _BandedBAE(torch.autograd.Function):
+    """(seg, aux) sums of the weighted cross-entropy of stride-s logits against input-size labels.
+
+    Forward runs band by band without a graph; backward recomputes each band with one and adds
+    its gradient into the feature rows it came from. Saved: the two logit maps and the labels.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, aux_logits, labels, stride, w_bd, ksize, ignore_index, band_rows):
+        ctx.save_for_backward(logits, aux_logits, labels)
+        ctx.args = (stride, w_bd, ksize, ignore_index, band_rows)
+        seg = aux = 0.0
+        for a, b, rows in _bands(logits.shape[-2], labels.shape[-2], stride, band_rows):
+            s, x = _band_sums(logits[..., a:b, :], aux_logits[..., a:b, :], a, rows, labels, *ctx.args[:4])
+            seg, aux = seg + s, aux + x
+        return seg.float(), aux.float()
+
+    @staticmethod
+    def backward(ctx, g_seg, g_aux):
+        logits, aux_logits, labels = ctx.saved_tensors
+        stride, w_bd, ksize, ignore_index, band_rows = ctx.args
+        grads = [torch.zeros_like(logits), torch.zeros_like(aux_logits)]
+        for a, b, rows in _bands(logits.shape[-2], labels.shape[-2], stride, band_rows):
+            with torch.enable_grad():
+                bands = [t[..., a:b, :].detach().requires_grad_() for t in (logits, aux_logits)]
+                sums = _band_sums(*bands, a, rows, labels, stride, w_bd, ksize, ignore_index)
+                got = torch.autograd.grad(sums, bands, (g_seg.to(sums[0].dtype), g_aux.to(sums[1].dtype)))
+            for g, part in zip(grads, got):
+                g[..., a:b, :] += part
+        return grads[0], grads[1], None, None, None, None, None, None
+
+
+def _bands(feat_rows: int, label_rows: int, stride: int, band_rows: int):
+    """(a, b, (r0, r1)): feature rows a:b (halo included) give input rows r0:r1."""
+    for f0 in range(0, feat_rows, band_rows):
+        f1 = min(f0 + band_rows, feat_rows)
+        r0, r1 = f0 * stride, min(f1 * stride, label_rows)
+        if r0 < r1:
+            yield max(f0 - 1, 0), min(f1 + 1, feat_rows), (r0, r1)
+
+
+def _band_sums(logits, aux_logits, first, rows, labels, stride, w_bd, ksize, ignore_index):
+    """Weighted CE sums (float64) of both logit bands over input rows ``rows``."""
+    r0, r1 = rows
+    p = ksize // 2
+    h0, h1 = max(r0 - p, 0), min(r1 + p, labels.shape[-2])  # the Sobel window's halo
+    lab = labels[..., h0:h1, :]
+    w = boundary_weights(lab, ksize, w_bd, ignore_index)[..., r0 - h0: r1 - h0, :]
+    target = lab[..., r0 - h0: r1 - h0, :].long()
+    ign = -100 if ignore_index is None else ignore_index
+    sums = []
+    for t in (logits, aux_logits):
+        ce = F.cross_entropy(_upsample_rows(t, stride, first, rows, labels.shape[-1]), target,
+                             reduction="none", ignore_index=ign)
+        sums.append((ce * w).sum(dtype=torch.float64))
+    return tuple(sums)
+
+
+def banded_bae_loss(
+    logits: torch.Tensor,
+    aux_logits: torch.Tensor,
+    labels: torch.Tensor,
+    stride: int,
+    w_bd: float = 1.0,
+    ksize: int = 5,
+    ignore_index: int | None = 255,
+    band_bytes: int = 64 << 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seg, aux) weighted cross-entropies of logits at ``stride`` against input-size ``labels``.
+
+    Equal to upsampling the logits by ``stride`` (bilinear, cropped to the labels, as
+    ``ElegantSeg`` does) and calling :func:`weighted_cross_entropy` with
+    :func:`boundary_weights`, but no tensor of input size x classes ever exists: rows are
+    processed in bands of about ``band_bytes`` of upsampled logits, and recomputed in backward.
+    """
+    if labels.dim() == 2:
+        labels = labels.unsqueeze(0)
+    n, c, hf, wf = logits.shape
+    h, w = labels.shape[-2:]
+    if labels.shape[0] != n or hf * stride < h or wf * stride < w or (hf - 1) * stride >= h:
+        raise ValueError(f"logits {tuple(logits.shape)} at stride {stride} do not cover labels {tuple(labels.shape)}")
+    # At least 32 bands, so band memory is a share of the scene (linear in pixels, as the planner
+    # assumes), and none over band_bytes.
+    band_rows = max(1, min(band_bytes // max(1, n * c * w * 4 * stride), -(-hf // 32)))
+    seg, aux = _BandedBAE.apply(logits, aux_logits, labels, stride, w_bd, ksize, ignore_index, band_rows)
+    count = (labels != ignore_index).sum() if ignore_index is not None else torch.tensor(labels.numel())
+    count = count.clamp(min=1).to(seg.dtype)
+    return seg / count, aux / count
 
 
 class BoundaryAwareLoss(nn.Module):

@@ -38,6 +38,26 @@ def test_fft_matches_direct_forward_and_gradients(k, shape):
         assert _rel(a, r) < 1e-5
 
 
+def test_fft_in_channel_groups_equals_one_group(monkeypatch):
+    """Channels go through the FFT in groups (bounded spectra); any grouping gives the same numbers."""
+    from elegantviz.models import depthwise
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 7, 19, 23, requires_grad=True)
+    w = torch.randn(7, 1, 15, 15, requires_grad=True)
+    g = torch.randn(2, 7, 19, 23)
+    runs = []
+    for group in (7, 3, 1):
+        monkeypatch.setattr(depthwise, "FFT_GROUP_CHANNELS", group)
+        y = fft_depthwise_conv2d(x, w)
+        runs.append((y, *torch.autograd.grad(y, (x, w), g)))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    ref = direct_depthwise_conv2d(x, w)
+    assert _rel(runs[-1][0], ref) < 1e-5
+
+
 def test_fft_gradcheck_float64():
     torch.manual_seed(0)
     x = torch.randn(2, 2, 9, 7, dtype=torch.float64, requires_grad=True)

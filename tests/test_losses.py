@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from elegantviz.losses import (
     BoundaryAwareLoss,
+    banded_bae_loss,
     boundary_mask,
     boundary_weights,
     elegantseg_loss,
@@ -153,3 +154,35 @@ def test_loss_resizes_logits_and_handles_all_ignored():
     total.backward()
     assert weighted_cross_entropy(torch.randn(1, 3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long),
                                   torch.ones(1, 8, 8)).shape == ()
+
+
+@pytest.mark.parametrize("h, w, stride, band_bytes", [(37, 50, 4, 1), (64, 64, 4, 3000), (70, 45, 8, 1 << 30),
+                                                      (29, 31, 4, 5000)])
+def test_banded_loss_equals_upsampled_loss(h, w, stride, band_bytes):
+    """Logits at the feature stride, upsampled and weighed band by band (forward and backward
+    recomputed per band), against the plain loss on the model's own upsampling of the whole map."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(h)
+    hf, wf = -(-h // stride), -(-w // stride)
+    logits = torch.randn(2, 4, hf, wf, requires_grad=True)
+    aux = torch.randn(2, 4, hf, wf, requires_grad=True)
+    labels = torch.from_numpy(np.stack([_blocks(rng, h, w, classes=2, cell=5) for _ in range(2)])).to(torch.uint8)
+    labels[:, :6, :9] = 255
+
+    def up(t):  # ElegantSeg._upsample: x stride, cropped
+        return F.interpolate(t, size=(hf * stride, wf * stride), mode="bilinear", align_corners=False)[..., :h, :w]
+
+    plain = elegantseg_loss(SimpleNamespace(logits=up(logits), aux_logits=up(aux)), labels)
+    g_plain = torch.autograd.grad(plain, (logits, aux))
+    seg, aux_term = banded_bae_loss(logits, aux, labels, stride, band_bytes=band_bytes)
+    banded = seg + 0.4 * aux_term
+    g_banded = torch.autograd.grad(banded, (logits, aux))
+    # per-pixel terms are the same arithmetic; only the order of the sums differs
+    torch.testing.assert_close(banded, plain, rtol=1e-6, atol=0)
+    for a, b in zip(g_banded, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    via_output = elegantseg_loss(SimpleNamespace(logits=logits, aux_logits=aux, stride=stride), labels)
+    torch.testing.assert_close(via_output, plain, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="do not cover labels"):
+        banded_bae_loss(logits, aux, labels[..., : h // 2, :], stride)

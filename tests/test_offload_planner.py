@@ -103,3 +103,19 @@ def test_meter_step_records_rss_and_counters():
     with meter.step():
         pass
     assert meter.as_dict()["held_host_peak_bytes"] == 0 and len(meter.history) == 2
+
+
+def test_plan_refuses_disk_policies_without_room_for_the_spill(net, monkeypatch):
+    from elegantviz.offload import planner
+
+    shape = (3, 2048, 2048)
+    lean = plan(net, shape, "1TB", "cpu", sizes=(64, 96), evaluate_all=True)
+    spill = lean.measured["spill_bytes"]
+    assert set(spill) == {"disk", "checkpoint+disk"} and spill["disk"] > spill["checkpoint+disk"] > 0
+    budget = max(lean.needs["disk"], lean.needs["checkpoint+disk"]) + 1
+    assert budget < min(lean.needs["none"], lean.needs["checkpoint"])  # only spilling fits in memory
+    monkeypatch.setattr(planner, "_disk_free", lambda spill_dir: spill["checkpoint+disk"] + 1)
+    assert plan(net, shape, budget, "cpu", sizes=(64, 96)).policy.name == "checkpoint+disk"
+    monkeypatch.setattr(planner, "_disk_free", lambda spill_dir: spill["checkpoint+disk"] // 2)
+    with pytest.raises(MemoryBudgetError, match=r"checkpoint\+disk would write .* to the spill folder"):
+        plan(net, shape, budget, "cpu", sizes=(64, 96))

@@ -145,7 +145,7 @@ class Trainer:
         side = min(sample[1:])
         sizes = (128, 256) if side >= 256 else (64, 128)  # small samples: small dry runs (64 px: 2x2 at stride 32)
         choice = plan(self.model, sample, budget, self.device, sizes=sizes, spill_dir=mem.spill_dir,
-                      threshold_bytes=parse_size(mem.threshold))
+                      threshold_bytes=parse_size(mem.threshold), forward_kwargs={"upsample": False})
         print(choice.summary())
         self.plan_summary = choice.summary()
         return choice.policy
@@ -189,7 +189,9 @@ class Trainer:
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         img, lab = self.sampler.sample()
         x = torch.from_numpy(img)[None].to(self.device, non_blocking=True)
-        y = torch.from_numpy(lab.astype(np.int64))[None].to(self.device, non_blocking=True)
+        # uint8 while class ids fit: at scene size int64 labels alone are 8 bytes a pixel
+        y = torch.from_numpy(lab.astype(np.uint8 if lab.max(initial=0) < 256 else np.int64))[None]
+        y = y.to(self.device, non_blocking=True)
         return x, y
 
     def _autocast(self):
@@ -208,7 +210,7 @@ class Trainer:
             for _ in range(cfg.optim.accumulate):
                 x, y = self._batch()
                 with self._autocast():
-                    out = self.model(x)
+                    out = self.model(x, upsample=False)  # the loss upsamples band by band
                     loss, terms = elegantseg_loss(out, y, cfg.loss.w_bd, cfg.loss.w_aux, cfg.loss.sobel_ksize,
                                                   self.table.ignore_index, return_terms=True)
                 (loss / cfg.optim.accumulate).backward()

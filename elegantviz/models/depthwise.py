@@ -120,6 +120,18 @@ def _shifted_kernel(weight: torch.Tensor, shape: tuple[int, int]) -> torch.Tenso
     return torch.roll(padded, shifts=(-p, -p), dims=(-2, -1))
 
 
+# Spectra are complex and padded: a whole map's spectrum is about twice the map, and backward
+# holds three. Channels are independent, so the work goes in groups of this many channels: a
+# fixed share of the map whatever its size, so memory stays linear in pixels (the planner
+# extrapolates from small maps) at 1/16 of the spectra, for a loop of 16 steps at 256 channels.
+FFT_GROUP_CHANNELS = 16
+
+
+def _channel_groups(x: torch.Tensor) -> list[slice]:
+    c = x.shape[1]
+    return [slice(i, min(i + FFT_GROUP_CHANNELS, c)) for i in range(0, c, FFT_GROUP_CHANNELS)]
+
+
 class _FFTDepthwise(torch.autograd.Function):
     """y[c, i, j] = sum_{u,v} x[c, i+u-p, j+v-p] w[c, u, v] (zero padding), by the FFT.
 
@@ -127,7 +139,8 @@ class _FFTDepthwise(torch.autograd.Function):
     cross-correlation of x (zero-padded to L) with ws, i.e. irfft(X conj(Ws)). Backward:
     grad_x = irfft(G Ws) (circular convolution) and grad_ws = irfft(sum_n X_n conj(G_n)),
     from which the k x k taps are read back. Only x and w are saved; X is recomputed in
-    backward, which keeps the memory of the direct convolution.
+    backward, and channels go in groups (:data:`FFT_GROUP_CHANNELS`), which keeps the memory of
+    the direct convolution.
     """
 
     @staticmethod
@@ -137,11 +150,13 @@ class _FFTDepthwise(torch.autograd.Function):
         shape = _fft_shape(h, w, k)
         # FFTs along a strided (channels_last) last axis are about 2x slower than a copy plus
         # FFTs on NCHW; the copy is not kept (x itself is saved).
-        xs = torch.fft.rfft2(x.contiguous(), s=shape)
-        ws = torch.fft.rfft2(_shifted_kernel(weight, shape))
-        y = torch.fft.irfft2(xs * ws.conj(), s=shape)[..., :h, :w]
+        y = x.new_empty(x.shape)
+        for g in _channel_groups(x):
+            xs = torch.fft.rfft2(x[:, g].contiguous(), s=shape)
+            ws = torch.fft.rfft2(_shifted_kernel(weight[g], shape))
+            y[:, g] = torch.fft.irfft2(xs * ws.conj(), s=shape)[..., :h, :w]
         ctx.save_for_backward(x, weight)
-        return y.contiguous()
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -151,16 +166,17 @@ class _FFTDepthwise(torch.autograd.Function):
         k = weight.shape[-1]
         p = k // 2
         shape = _fft_shape(h, w, k)
-        gs = torch.fft.rfft2(grad.contiguous(), s=shape)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            ws = torch.fft.rfft2(_shifted_kernel(weight, shape))
-            grad_x = torch.fft.irfft2(gs * ws, s=shape)[..., :h, :w].contiguous()
-        if ctx.needs_input_grad[1]:
-            xs = torch.fft.rfft2(x.contiguous(), s=shape)
-            corr = torch.fft.irfft2((xs * gs.conj()).sum(0), s=shape)  # (C, L1, L2)
-            corr = torch.roll(corr, shifts=(p, p), dims=(-2, -1))[:, :k, :k]
-            grad_w = corr.unsqueeze(1).contiguous()
+        grad_x = x.new_empty(x.shape) if ctx.needs_input_grad[0] else None
+        grad_w = weight.new_empty(weight.shape) if ctx.needs_input_grad[1] else None
+        for g in _channel_groups(x):
+            gs = torch.fft.rfft2(grad[:, g].contiguous(), s=shape)
+            if grad_x is not None:
+                ws = torch.fft.rfft2(_shifted_kernel(weight[g], shape))
+                grad_x[:, g] = torch.fft.irfft2(gs * ws, s=shape)[..., :h, :w]
+            if grad_w is not None:
+                xs = torch.fft.rfft2(x[:, g].contiguous(), s=shape)
+                corr = torch.fft.irfft2((xs * gs.conj()).sum(0), s=shape)  # (C, L1, L2)
+                grad_w[g] = torch.roll(corr, shifts=(p, p), dims=(-2, -1))[:, :k, :k].unsqueeze(1)
         return grad_x, grad_w
 
 

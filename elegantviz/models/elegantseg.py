@@ -27,11 +27,13 @@ ContextModule = Literal["mlk", "lrd", "none"]
 
 @dataclass
 class SegOutput:
-    """Logits and auxiliary logits at input size; evidence only when asked for."""
+    """Logits and auxiliary logits at input size, or at 1/``stride`` of it when the forward was
+    asked not to upsample; evidence only when asked for."""
 
-    logits: torch.Tensor  # (n, c, H, W)
-    aux_logits: torch.Tensor  # (n, c, H, W)
+    logits: torch.Tensor  # (n, c, H, W), or (n, c, ceil(H / stride), ceil(W / stride))
+    aux_logits: torch.Tensor
     evidence: Evidence | None = None
+    stride: int = 1
 
 
 class ElegantSeg(nn.Module):
@@ -96,7 +98,10 @@ class ElegantSeg(nn.Module):
         up = F.interpolate(logits, size=(h * s, w * s), mode="bilinear", align_corners=False)
         return up[..., : size[0], : size[1]]
 
-    def forward(self, images: torch.Tensor, return_evidence: bool = False) -> SegOutput:
+    def forward(self, images: torch.Tensor, return_evidence: bool = False, upsample: bool = True) -> SegOutput:
+        """``upsample=False`` returns the logits at the output stride: the BAE loss upsamples them
+        band by band itself, which at scene size saves two input-size x classes maps and their
+        gradients (:func:`elegantviz.losses.banded_bae_loss`)."""
         size = images.shape[-2:]
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -114,4 +119,6 @@ class ElegantSeg(nn.Module):
         if evidence is not None:
             evidence.output_stride = self.output_stride
         logits = self.head(x)
+        if not upsample:
+            return SegOutput(logits, aux, evidence, self.output_stride)
         return SegOutput(self._upsample(logits, size), self._upsample(aux, size), evidence)

@@ -233,7 +233,16 @@ class _LiveBytes(TorchDispatchMode):
 
 
 def _default_loss(out: Any) -> torch.Tensor:
-    """Cross-entropy on every 4-D output (logits and auxiliary logits), like the real loss."""
+    """Cross-entropy on every 4-D output (logits and auxiliary logits), like the real loss; logits
+    at a feature stride (``upsample=False``) through the banded BAE loss, as the trainer does."""
+    stride = int(getattr(out, "stride", 1) or 1)
+    if stride > 1:
+        from ..losses import banded_bae_loss
+
+        n, _, h, w = out.logits.shape
+        labels = torch.zeros(n, h * stride, w * stride, dtype=torch.uint8, device=out.logits.device)
+        seg, aux = banded_bae_loss(out.logits, out.aux_logits, labels, stride)
+        return seg + aux
     if hasattr(out, "logits"):
         tensors = [out.logits] + ([out.aux_logits] if getattr(out, "aux_logits", None) is not None else [])
     elif isinstance(out, torch.Tensor):
@@ -276,6 +285,14 @@ class Plan:
                 f"{format_size(self.budget_bytes)} budget ({rows})")
 
 
+def _disk_free(spill_dir: str | None) -> int:
+    import shutil
+
+    from .hooks import default_spill_root
+
+    return shutil.disk_usage(spill_dir or default_spill_root()).free
+
+
 def _fit(x: Sequence[float], y: Sequence[float], at: float) -> float:
     b = (y[1] - y[0]) / (x[1] - x[0])
     return max(0.0, y[0] + b * (at - x[0]))
@@ -290,7 +307,7 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.Tensor],
-             policy: Policy) -> tuple[int, int, int]:
+             policy: Policy, forward_kwargs: dict | None = None) -> tuple[int, int, int]:
     """One forward+backward under ``policy``: (peak bytes on the device, peak saved bytes held in
     host memory, distinct saved bytes). CPU peaks come from :class:`_LiveBytes`, CUDA ones from
     the caching allocator."""
@@ -305,7 +322,7 @@ def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.T
     handle = checkpoint_hrnet(model, mlk=policy.checkpoint_mlk) if policy.checkpoint else None
     try:
         with hooks, live:
-            loss_fn(model(x)).backward()
+            loss_fn(model(x, **(forward_kwargs or {}))).backward()
     finally:
         if handle is not None:
             handle.remove()
@@ -320,7 +337,8 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
          device: torch.device | str | None = None, *, batch: int = 1, sizes: tuple[int, int] = (128, 256),
          candidates: Sequence[str] | None = None, loss_fn: Callable[[Any], torch.Tensor] | None = None,
          threshold_bytes: int = DEFAULT_THRESHOLD, spill_dir: str | None = None,
-         max_inflight_bytes: int = 64 << 20, margin: float = 0.8, evaluate_all: bool = False) -> Plan:
+         max_inflight_bytes: int = 64 << 20, margin: float = 0.8, evaluate_all: bool = False,
+         forward_kwargs: dict | None = None) -> Plan:
     """Pick the cheapest policy whose predicted peak for ``batch`` scenes of ``sample_shape``
     ``(c, h, w)`` fits ``budget_bytes`` (default: free memory times ``margin``).
 
@@ -330,8 +348,10 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
     (CPU: every op's outputs through a dispatch mode; CUDA: the allocator's peak). Peaks grow
     linearly with pixels; the fit at the full scene, + 8 bytes/px of labels, + twice the
     parameters (gradients, momentum), + the disk writer's in-flight bytes, is the need of each
-    policy. Policies are tried cheapest first and the first that fits is taken
+    policy. A disk policy also needs room for every saved tensor in the spill folder. Policies are tried cheapest first and the first that fits is taken
     (``evaluate_all=True`` measures all of them, for reports); each costs two small steps.
+    ``forward_kwargs`` go to the model's forward as in the real step (the trainer passes
+    ``upsample=False``, and the default loss then is the banded BAE loss).
     Raises :class:`MemoryBudgetError` if nothing fits.
     """
     c, h, w = (int(v) for v in sample_shape)
@@ -353,6 +373,8 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
     pixels = [float(s * s) for s in sizes]
     rows: dict[str, list[float]] = {}
     needs: dict[str, int] = {}
+    spill: dict[str, int] = {}  # bytes a disk policy writes (it keeps every saved tensor there)
+    disk_free = _disk_free(spill_dir)
     chosen: str | None = None
     for name in order:
         for s in sizes:
@@ -360,13 +382,16 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
             thr = max(1, int(threshold_bytes * s * s / scene_px))
             x = torch.randn(1, c, s, s, device=device)
             peak, host, saved = _dry_run(probe_model, x, loss_fn, Policy.from_name(
-                name, threshold_bytes=thr, spill_dir=spill_dir, max_inflight_bytes=0))
+                name, threshold_bytes=thr, spill_dir=spill_dir, max_inflight_bytes=0), forward_kwargs)
             rows.setdefault(name, []).append(peak + _nbytes(x))
             rows.setdefault(name + ":host", []).append(host)
             rows.setdefault(name + ":saved", []).append(saved)
         full = {k: _fit(pixels, rows[k], scene_px / batch) * batch for k in (name, name + ":host", name + ":saved")}
         needs[name] = int(full[name] + fixed + (max_inflight_bytes if "disk" in name else 0))
         fits = needs[name] <= budget and not (cuda and "host" in name and full[name + ":host"] > host_budget)
+        if "disk" in name:
+            spill[name] = int(full[name + ":saved"])
+            fits = fits and spill[name] <= disk_free
         if fits and chosen is None:
             chosen = name
             if not evaluate_all:
@@ -375,15 +400,17 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
     mpx = scene_px / 1e6
     full = {k: _fit(pixels, v, scene_px / batch) * batch for k, v in rows.items()}
     measured = {"sizes": list(sizes), "pixels": pixels, "rows": rows, "params_bytes": params, "full": full,
-                "max_inflight_bytes": max_inflight_bytes}
+                "max_inflight_bytes": max_inflight_bytes, "spill_bytes": spill, "disk_free_bytes": disk_free}
     if chosen is not None:
         pol = Policy.from_name(chosen, threshold_bytes=threshold_bytes, spill_dir=spill_dir,
                                max_inflight_bytes=max_inflight_bytes)
         return Plan(pol, budget, needs, scene_px, {k: v / mpx for k, v in needs.items()}, measured)
     leanest = min(needs, key=needs.get)
     rows_txt = ", ".join(f"{k} {format_size(v)}" for k, v in needs.items())
+    disk_txt = "".join(f"; {k} would write {format_size(v)} to the spill folder, which has {format_size(disk_free)} "
+                       f"free" for k, v in spill.items() if v > disk_free)
     raise MemoryBudgetError(
         f"{batch} x {c}x{h}x{w} does not fit: the leanest policy ({leanest}) needs about "
-        f"{format_size(needs[leanest])}, the budget is {format_size(budget)} (per policy: {rows_txt}). "
-        "Raise --memory-budget, free memory, or train on smaller scenes."
+        f"{format_size(needs[leanest])}, the budget is {format_size(budget)} (per policy: {rows_txt}){disk_txt}. "
+        "Raise --memory-budget, free memory or disk (memory.spill_dir), or train on smaller scenes."
     )
