@@ -1,7 +1,7 @@
 """One training step of ElegantSeg-S (HRNet-W18) per size and offload policy: peak RSS, spill, time.
 
 Each (size, policy) runs in a fresh process so that peak RSS belongs to that step alone. The
-planner's prediction (from two dry runs at 64 and 128 px) is recorded next to each measurement,
+planner's prediction (from two dry runs at 128 and 256 px) is recorded next to each measurement,
 configurations the planner says do not fit the free memory are skipped, and host GB per megapixel
 is compared with the EHSNet paper's 117 GB for a 6800x7200 scene (2.4 GB/Mpx).
 

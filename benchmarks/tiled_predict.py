@@ -2,7 +2,9 @@
 
 Each (mode, size) runs in a fresh process that builds the model (random init, 24 classes, 4
 bands), makes a random normalised scene, runs ``predict.forward_holistic`` (plain) or
-``tiled.forward_tiled`` (same outputs) and reads its peak RSS (VmHWM) from /proc/self/status.
+``tiled.forward_tiled`` (same outputs; keys and queries streamed into zarr arrays in a temporary
+directory, chunked as ``predict_scene`` chunks its cache) and reads its peak RSS (VmHWM) from
+/proc/self/status.
 Peaks are then extrapolated linearly in pixels to a 6800x7200 scene (from the two largest sizes:
 the tiled run's per-tile working set is constant once the scene is larger than one tile).
 
@@ -36,11 +38,15 @@ def _status(key: str) -> int:
 
 def one(args: argparse.Namespace) -> dict:
     """One forward pass in this process; returns its figures."""
+    import tempfile
+
     import numpy as np
     import torch
+    import zarr
 
-    from elegantviz.engine.predict import forward_holistic
+    from elegantviz.engine.predict import _map_array, _map_tile, forward_holistic
     from elegantviz.engine.tiled import forward_tiled
+    from elegantviz.io.store import DEFAULT_TILE
     from elegantviz.models import build_model
 
     if args.mode.endswith("-mmap"):  # glibc otherwise keeps freed tile buffers (see offload.planner)
@@ -56,10 +62,15 @@ def one(args: argparse.Namespace) -> dict:
     if args.mode.startswith("plain"):
         out = forward_holistic(model, image, torch.device("cpu"))
     else:
-        out = forward_tiled(model, image, torch.device("cpu"), tile=args.tile, progress=args.progress)
+        tmp = tempfile.TemporaryDirectory(prefix="tiled_predict-")
+        group = zarr.open_group(tmp.name, mode="w")
+        map_tile = _map_tile(DEFAULT_TILE, model.output_stride)
+        out = forward_tiled(model, image, torch.device("cpu"), tile=args.tile, progress=args.progress,
+                            maps_to=lambda key, shape: _map_array(group, key, shape, map_tile))
     seconds = time.perf_counter() - started
     return {"mode": args.mode, "model": args.model, "height": h, "width": w, "mpx": h * w / 1e6,
             "tile": args.tile if args.mode.startswith("tiled") else None, "seconds": seconds,
+            "maps_to": "zarr" if args.mode.startswith("tiled") else None,
             "peak_rss_bytes": _status("VmHWM"), "start_rss_bytes": start_rss,
             "threads": torch.get_num_threads(), "outputs": sorted(k for k in out if k != "stride"),
             "hard_fraction": float(out["hard"].mean())}

@@ -36,6 +36,25 @@ def test_efficient_equals_explicit_attention(norm):
     assert ((att32.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
 
 
+@pytest.mark.parametrize("norm", ["softmax", "scaling"])
+def test_attention_gradients_equal_explicit_attention(norm, monkeypatch):
+    """The key context's own backward (sliced over positions, keys not kept) against autograd
+    through the explicit m x N attention, and gradcheck in float64."""
+    from elegantviz.models import ecr
+
+    monkeypatch.setattr(ecr, "CONTEXT_CHUNKS", 3)  # 3 uneven slices of 101 positions
+    torch.manual_seed(3)
+    feats = torch.randn(2, 6, 101, dtype=torch.float64, requires_grad=True)
+    hard = torch.randn(2, 6, 9, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 6, 9, dtype=torch.float64)
+    att, *_ = efficient_attention(hard, feats, norm)
+    got = torch.autograd.grad(att, (hard, feats), grad)
+    ref = torch.autograd.grad(_explicit(hard, feats, norm), (hard, feats), grad)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda h, f: efficient_attention(h, f, norm)[0], (hard[:1, :, :3], feats[:1, :, :20]))
+
+
 def test_scaling_is_dot_product_attention_over_n():
     torch.manual_seed(1)
     feats = torch.randn(1, 8, 50, dtype=torch.float64)

@@ -154,3 +154,67 @@ def test_tiled_prediction_writes_the_same_store(checkpoint, tmp_path):
     np.testing.assert_array_equal(sa.label("hard").compute(), sb.label("hard").compute())
     np.testing.assert_allclose(sa.map("attention").compute().astype(np.float32),
                                sb.map("attention").compute().astype(np.float32), rtol=1e-2, atol=1e-2)
+    # keys and queries were streamed into the cache tile by tile: they are the in-memory ones
+    from elegantviz.engine.tiled import forward_tiled
+
+    assert "_predict" not in sb.root
+    model, _, norm, _, _ = load_model(checkpoint)
+    img, _ = norm.apply(sb.image().compute(), sb.nodata)
+    ref = forward_tiled(model, img, tile=64)
+    for key in ("keys", "queries"):
+        np.testing.assert_array_equal(sb.map(key).compute(), ref[key])
+
+
+def _store_parts(url) -> dict:
+    s = open_scene(url)
+    parts = {f"labels/{n}": s.label_levels(n) for n in s.labels} | {f"maps/{n}": s.map_levels(n) for n in s.maps}
+    return {k: [np.asarray(level.compute()) for level in levels] for k, levels in parts.items()}
+
+
+def test_interrupted_tiled_prediction_resumes_to_the_same_store(checkpoint, tmp_path, monkeypatch):
+    """Stopped after the forward pass, a tiled run resumes from the streamed cache without the
+    network; stopped before that cache is complete, it discards it and runs the network again.
+    Either way the store is that of an uninterrupted run."""
+    from elegantviz.engine import tiled
+
+    urls = [synthesize_riverworld(tmp_path / f"{k}.zarr", height=120, width=110, seed=5, tile=64,
+                                  progress=False).url for k in "abc"]
+    calls = {"forward": 0}
+    real_forward, real_cache = tiled.forward_tiled, predict_mod._cache_outputs
+
+    def counting(*a, **k):
+        calls["forward"] += 1
+        return real_forward(*a, **k)
+
+    def stop(what, done, total):
+        if what == "maps/keys":
+            raise KeyboardInterrupt("simulated kill")
+
+    def failing_cache(*a, **k):
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(tiled, "forward_tiled", counting)
+    predict_scene(checkpoint, urls[0], progress=False, tile=64)
+    want = _store_parts(urls[0])
+    assert "maps/keys" in want and not np.isnan(want["maps/keys"][0]).any()
+    # interrupted after the forward pass: the cache is complete and the maps come from it
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(checkpoint, urls[1], progress=False, tile=64, on_stage=stop)
+    assert open_scene(urls[1]).root["_predict/pred"].attrs["elegantviz"]["complete"]
+    summary = predict_scene(checkpoint, urls[1], progress=False, tile=64)
+    assert summary["resumed"] and calls["forward"] == 2
+    # interrupted with the maps streamed but the cache not complete: not to be resumed
+    monkeypatch.setattr(predict_mod, "_cache_outputs", failing_cache)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(checkpoint, urls[2], progress=False, tile=64)
+    half = open_scene(urls[2]).root["_predict/pred"]
+    assert "keys" in half and "complete" not in half.attrs.get("elegantviz", {})
+    monkeypatch.setattr(predict_mod, "_cache_outputs", real_cache)
+    summary = predict_scene(checkpoint, urls[2], progress=False, tile=64)
+    assert not summary["resumed"] and calls["forward"] == 4
+    for url in urls[1:]:
+        got = _store_parts(url)
+        assert set(got) == set(want) and "_predict" not in open_scene(url).root
+        for part, levels in want.items():
+            for a, b in zip(levels, got[part]):
+                np.testing.assert_array_equal(b, a, err_msg=part)

@@ -136,3 +136,37 @@ def test_tiled_equals_plain_in_float64():
     assert torch.equal(out.pred.long(), ref.logits.argmax(1)[0])
     assert torch.equal(out.hard_mask(), ev.hard_mask()[0])
     assert _rel(tev.context, ev.context) < 1e-10 and _rel(tev.keys, ev.keys) < 1e-8
+
+
+def test_maps_stream_into_sinks(monkeypatch):
+    """With ``maps_to`` the keys and queries go core by core into the sinks: no whole-scene tensor
+    of them is allocated, every core is written, and they equal the in-memory maps."""
+    model = _model(dict(output_stride=4, dim=16, hidden_dim=16), seed=8)
+    x = torch.randn(1, 4, 150, 170, generator=torch.Generator().manual_seed(9))
+    shapes, real_empty = [], torch.empty
+
+    def empty(*size, **kw):
+        shapes.append(tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size)
+        return real_empty(*size, **kw)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    ref = tiled_forward(model, x, tile=64, feature_tile=12)
+    whole = tuple(ref.keys.shape)
+    assert whole in shapes  # the spy sees the in-memory maps
+    shapes.clear()
+    sinks = {}
+
+    def maps_to(key, shape):
+        sinks[key] = np.full(shape, np.nan, np.float16)
+        return sinks[key]
+
+    out = tiled_forward(model, x, tile=64, feature_tile=12, maps_to=maps_to)
+    monkeypatch.undo()
+    assert whole not in shapes and set(sinks) == {"keys", "queries"}
+    assert out.keys is sinks["keys"] and out.queries is sinks["queries"]
+    for key in sinks:
+        assert sinks[key].shape == whole and not np.isnan(sinks[key]).any(), key
+        np.testing.assert_array_equal(sinks[key], getattr(ref, key).numpy())
+    ev, tev = ref.evidence(), out.evidence()  # read back from the sinks
+    assert torch.equal(tev.keys, ev.keys) and torch.equal(tev.queries, ev.queries)
+    assert torch.equal(out.pred, ref.pred) and torch.equal(out.attention, ref.attention)

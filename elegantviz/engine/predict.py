@@ -11,7 +11,9 @@ logits, for baselines) writes only the labels and the error map.
 
 The network's outputs are first cached at feature resolution in the store's ``_predict``
 group; every part is then written block by block from that cache, so an interrupted run
-resumes without running the network again, and readers never see half-written parts.
+resumes without running the network again, and readers never see half-written parts. The keys
+and queries (2 x 256 float16 per feature pixel, 3.1 GB at 6800x7200) are only ever read from
+the cache lazily, and tiled prediction streams them there tile by tile.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from elegantviz.losses import label_sobel
 from elegantviz.models.ecr import _normalise
 
 CACHE = "_predict"
+MAPS = ("keys", "queries")  # (d, h, w) at feature resolution: kept on disk, never read whole
 HARD_TABLE = {"name": "hard", "classes": [{"id": 0, "name": "easy", "color": [0, 0, 0]},
                                           {"id": 1, "name": "hard", "color": [255, 0, 255]}]}
 
@@ -132,16 +135,33 @@ def forward_sliced(model, image: np.ndarray, device: torch.device, crop: int = 5
     return {"pred": (acc / weight).argmax(0).astype(np.uint8), "crops": len(ys) * len(xs)}
 
 
+def _map_tile(tile: int, stride: int) -> int:
+    """Chunk side (feature px) of maps/keys and maps/queries for a scene of ``tile`` px chunks."""
+    return max(16, tile // stride // 2 * 2)
+
+
+def _map_array(group, key: str, shape: tuple[int, int, int], tile: int):
+    """A (d, h, w) float16 map in the cache, chunked like maps/<key> (all channels per chunk) so
+    that add_map reads whole chunks and a tile's write rewrites few; NaN until written."""
+    return group.create_array(key, shape=shape, dtype="float16", chunks=(shape[0], tile, tile), fill_value=np.nan,
+                              overwrite=True)
+
+
 def _cache_outputs(scene: Scene, name: str, outputs: dict, job: dict) -> None:
+    """What is still in memory into the cache, then mark it complete (maps streamed there are zarr arrays)."""
     group = scene.root.require_group(f"{CACHE}/{name}")
+    s = outputs.get("stride", 1)
     for key, value in outputs.items():
-        if isinstance(value, np.ndarray):
+        if isinstance(value, np.ndarray) and key in MAPS:
+            _map_array(group, key, value.shape, _map_tile(scene.tile, s))[...] = value
+        elif isinstance(value, np.ndarray):
             group.create_array(key, data=value, overwrite=True)
-    group.attrs["elegantviz"] = {"complete": True, "stride": outputs.get("stride", 1), "job": job}
+    group.attrs["elegantviz"] = {"complete": True, "stride": s, "job": job}
 
 
 def _cached(scene: Scene, name: str, job: dict) -> dict | None:
-    """The cached outputs of an interrupted run of the same job (checkpoint, mode), else None."""
+    """The cached outputs of an interrupted run of the same job (checkpoint, mode), else None;
+    the maps as zarr arrays."""
     path = f"{CACHE}/{name}"
     if path not in scene.root:
         return None
@@ -150,7 +170,7 @@ def _cached(scene: Scene, name: str, job: dict) -> dict | None:
         del scene.root[path]  # half-written, or another checkpoint or mode: not to be resumed
         return None
     group = scene.root[path]
-    out = {key: np.asarray(group[key][...]) for key in group.array_keys()}
+    out = {key: group[key] if key in MAPS else np.asarray(group[key][...]) for key in group.array_keys()}
     out["stride"] = group.attrs["elegantviz"]["stride"]
     return out
 
@@ -215,13 +235,18 @@ def predict_scene(
         if mode == "holistic" and tile:
             from elegantviz.engine.tiled import forward_tiled
 
-            outputs = forward_tiled(model, image, dev, tile=tile, progress=progress)
+            # the maps go straight into the cache: incomplete until _cache_outputs, so discarded if interrupted
+            group = scene.root.require_group(f"{CACHE}/{name}")
+            map_tile = _map_tile(scene.tile, model.output_stride)
+            outputs = forward_tiled(model, image, dev, tile=tile, progress=progress,
+                                    maps_to=lambda key, shape: _map_array(group, key, shape, map_tile))
         elif mode == "holistic":
             outputs = forward_holistic(model, image, dev)
         else:
             outputs = forward_sliced(model, image, dev, crop, overlap, progress)
         outputs["pred"][~valid] = table.ignore_index
         _cache_outputs(scene, name, outputs, job)
+    cache = scene.root[f"{CACHE}/{name}"]
     stages["done"] += 1
     forward_s = time.perf_counter() - started
     shape = scene.shape[1:]
@@ -252,9 +277,9 @@ def predict_scene(
             "boundary", sobel_map(scene.label(name), cfg.loss.sobel_ksize), progress=progress,
             attrs={"kind": "boundary", "of": f"labels/{name}"}))
         if "keys" in outputs:
-            for key in ("keys", "queries"):
+            for key in MAPS:
                 put("maps", key, lambda key=key: scene.add_map(
-                    key, outputs[key], progress=progress, tile=max(16, tile // s // 2 * 2),
+                    key, da.from_zarr(cache[key]), progress=progress, tile=_map_tile(tile, s),
                     attrs={"kind": key, "stride": s, "relative_to_uniform": key == "keys"}))
             put("maps", "attention", lambda: scene.add_map(
                 "attention", _upsample_nearest(outputs["attention"], s, shape, tile), progress=progress,

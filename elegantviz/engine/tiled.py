@@ -5,7 +5,8 @@ channels, the 270-channel concat, the context module's d channels, the logits at
 HRNet-W18 extrapolates to ~13 GiB at 6800x7200. Here every convolutional unit sees only a tile
 plus a halo that covers the unit's receptive field, so its output on the tile's core is the
 whole-image output up to float reassociation. Only the HRNet branch outputs (W..8W channels at
-strides 4..32), the margin, the prediction and the requested maps are ever whole-scene.
+strides 4..32), the margin, the prediction and the requested maps are ever whole-scene; the keys
+and queries maps not even those when streamed to sinks (``maps_to``).
 
 Phases (:func:`tiled_forward`):
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -343,22 +344,34 @@ class _StreamedKeys:
 # --- the result ------------------------------------------------------------------------------
 
 
+def _put(sink: Any, sl: tuple, t: torch.Tensor) -> None:
+    """A core into a whole map: a tensor, or a sink assigned numpy (e.g. a zarr array)."""
+    t = t.cpu()
+    sink[sl] = t if isinstance(sink, torch.Tensor) else t.numpy()
+
+
+def _whole(a: Any) -> torch.Tensor:
+    """A map as a tensor: itself, or all of a sink read back."""
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a[...]))
+
+
 @dataclass
 class TiledOutput:
     """What holistic prediction needs, without a batch dimension.
 
     ``keys`` and ``attention`` are relative to uniform (times N = h * w, so 1 is the average
     pixel and float16 keeps the precision); ``keys`` and ``queries`` (every pixel's normalised
-    query) are in ``maps_dtype``. ``logits`` / ``aux_logits`` (1, c, H, W) only with
-    ``return_logits=True`` (whole-scene float32 at input size: the largest tensors of a plain run).
+    query) are in ``maps_dtype``, or are the sinks they were streamed to (``maps_to``).
+    ``logits`` / ``aux_logits`` (1, c, H, W) only with ``return_logits=True`` (whole-scene
+    float32 at input size: the largest tensors of a plain run).
     Without ECR the hard region is empty and the ECR fields are None.
     """
 
     pred: torch.Tensor  # (H, W) argmax of the main logits (uint8 for <= 256 classes)
     margin: torch.Tensor  # (h, w) float32 top-1 minus top-2 auxiliary logit
     hard_indices: torch.Tensor  # (k,) int64 into h * w, in select_hard's order
-    keys: torch.Tensor | None  # (d, h, w) rho_k(F) * N
-    queries: torch.Tensor | None  # (d, h, w) rho_q(F) of every pixel
+    keys: torch.Tensor | Any | None  # (d, h, w) rho_k(F) * N, or its sink
+    queries: torch.Tensor | Any | None  # (d, h, w) rho_q(F) of every pixel, or its sink
     context: torch.Tensor | None  # (d, d) float32 rho_k(F) F^T
     attention: torch.Tensor | None  # (h, w) float32 mean hard query . keys (relative to uniform)
     feature_size: tuple[int, int]
@@ -373,12 +386,13 @@ class TiledOutput:
         return mask.view(self.feature_size)
 
     def evidence(self) -> Evidence:
-        """The model's Evidence (batch of one, float32 keys as rho_k(F), hard queries only)."""
+        """The model's Evidence (batch of one, float32 keys as rho_k(F), hard queries only); reads
+        streamed maps back whole."""
         n = self.feature_size[0] * self.feature_size[1]
         keys = queries = context = None
         if self.keys is not None:
-            keys = (self.keys.float() / n)[None]
-            queries = self.queries.float().flatten(1)[:, self.hard_indices][None]
+            keys = (_whole(self.keys).float() / n)[None]
+            queries = _whole(self.queries).float().flatten(1)[:, self.hard_indices][None]
             context = self.context[None]
         return Evidence(self.margin[None], self.hard_indices[None], keys, queries, context, self.feature_size,
                         self.output_stride)
@@ -449,8 +463,8 @@ def _head_pass(run: _Runner, branches, hard: torch.Tensor, keys: _StreamedKeys |
             k = keys.keys(fc) * keys.n
             shape = (-1, core[1] - core[0], core[3] - core[2])
             sl = (slice(None), slice(core[0], core[1]), slice(core[2], core[3]))
-            out["keys"][sl] = k.view(shape).to(maps_dtype).cpu()
-            out["queries"][sl] = _normalise(fc, 0, keys.norm, keys.n).view(shape).to(maps_dtype).cpu()
+            _put(out["keys"], sl, k.view(shape).to(maps_dtype))
+            _put(out["queries"], sl, _normalise(fc, 0, keys.norm, keys.n).view(shape).to(maps_dtype))
             out["attention"][sl[1:]] = (mean_q @ k).view(shape[1:]).cpu()
             f = _ecr_update(f, hard[reg[0]: reg[1], reg[2]: reg[3]].to(run.dev), ctx, keys, run.fmt)
         logits = model.head(f)
@@ -483,6 +497,7 @@ def tiled_forward(
     maps_dtype: torch.dtype = torch.float16,
     return_logits: bool = False,
     feature_tile: int | None = None,
+    maps_to: Callable[[str, tuple[int, int, int]], Any] | None = None,
 ) -> TiledOutput:
     """``model(image, return_evidence=True)`` on a (1, c, H, W) image with a bounded peak.
 
@@ -493,6 +508,10 @@ def tiled_forward(
     (2 d ``maps_dtype`` values per feature pixel) and one tile's working set, instead of
     growing with the scene at ~0.26 GB/Mpx. Big maps stay on the host; tiles run on the
     model's device. The model runs in eval mode (restored afterwards).
+
+    ``maps_to(name, (d, h, w))``, when given, returns where ``keys`` and ``queries`` go: any
+    array taking numpy ``maps_dtype`` by (channel, y, x) slices, e.g. a zarr array. Each core is
+    written there, so these maps (3.1 GB for W18 at 6800x7200) are never whole in memory.
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, c, H, W) image, got {tuple(image.shape)}")
@@ -503,10 +522,11 @@ def tiled_forward(
         total = run.count_tiles()
         with tqdm(total=total, desc="tiled predict", unit="tile", disable=not progress, leave=False) as bar:
             run.bar = bar
-            return _run(run, image, maps_dtype, return_logits)
+            return _run(run, image, maps_dtype, return_logits, maps_to)
 
 
-def _run(run: _Runner, image: torch.Tensor, maps_dtype: torch.dtype, return_logits: bool) -> TiledOutput:
+def _run(run: _Runner, image: torch.Tensor, maps_dtype: torch.dtype, return_logits: bool,
+         maps_to: Callable[[str, tuple[int, int, int]], Any] | None) -> TiledOutput:
     model = run.model
     branches = run.backbone(image)
     c = model.num_classes
@@ -521,8 +541,9 @@ def _run(run: _Runner, image: torch.Tensor, maps_dtype: torch.dtype, return_logi
         idx = select_hard(out["margin"].view(1, n), model.ecr.ratio)[0]
         d = model.head[0].in_channels  # the context module's width
         keys = _StreamedKeys(d, n, model.ecr.norm, run.dev, run.dtype)
-        out["keys"] = torch.empty(d, run.h, run.w, dtype=maps_dtype)
-        out["queries"] = torch.empty(d, run.h, run.w, dtype=maps_dtype)
+        for key in ("keys", "queries"):
+            out[key] = torch.empty(d, run.h, run.w, dtype=maps_dtype) if maps_to is None else \
+                maps_to(key, (d, run.h, run.w))
         out["attention"] = torch.empty(run.h, run.w, dtype=run.dtype)
     else:
         idx = torch.zeros(0, dtype=torch.long)
@@ -540,16 +561,18 @@ def _run(run: _Runner, image: torch.Tensor, maps_dtype: torch.dtype, return_logi
 
 
 def forward_tiled(model, image: np.ndarray, device: torch.device | None = None, tile: int = 1024,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, maps_to: Callable[[str, tuple[int, int, int]], Any] | None = None) -> dict:
     """Drop-in for ``predict.forward_holistic``: same keys, same dtypes, bounded peak.
 
     ``device`` is unused (tiles run where the model is); it keeps forward_holistic's signature.
+    With ``maps_to`` (see :func:`tiled_forward`) ``keys`` and ``queries`` are the float16 sinks.
     """
-    out = tiled_forward(model, torch.from_numpy(image)[None], tile, progress)
+    out = tiled_forward(model, torch.from_numpy(image)[None], tile, progress, maps_to=maps_to)
     result = {"pred": out.pred.to(torch.uint8).numpy(), "margin": out.margin.numpy(),
               "hard": out.hard_mask().to(torch.uint8).numpy(), "stride": out.output_stride}
     if out.keys is not None:
-        result["keys"] = out.keys.half().numpy()
-        result["queries"] = out.queries.half().numpy()
+        for key in ("keys", "queries"):
+            m = getattr(out, key)
+            result[key] = m.half().numpy() if isinstance(m, torch.Tensor) else m
         result["attention"] = out.attention.numpy()
     return result

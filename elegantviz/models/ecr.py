@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ECR", "Evidence", "AttentionNorm", "logit_margin", "select_hard", "num_hard", "efficient_attention"]
+__all__ = ["ECR", "Evidence", "AttentionNorm", "logit_margin", "select_hard", "num_hard", "efficient_attention",
+           "CONTEXT_CHUNKS"]
 
 AttentionNorm = Literal["softmax", "scaling"]
 
@@ -96,18 +97,80 @@ def _normalise(x: torch.Tensor, dim: int, norm: AttentionNorm, n: int) -> torch.
     raise ValueError(f"unknown attention norm {norm!r}")
 
 
+# The key context is built and differentiated in this many slices of positions: temporaries are
+# a fixed share of the map (memory stays linear in pixels, as the planner assumes).
+CONTEXT_CHUNKS = 16
+
+
+class _KeyContext(torch.autograd.Function):
+    """context = rho_k(F) @ F^T (n, d, d) without keeping rho_k(F) (n, d, N) for backward.
+
+    Softmax keys come from a per-channel max and sum over positions, then everything runs over
+    slices of positions. Backward needs no second reduction: with G = dL/dcontext,
+    dF = G^T K + K * (G F - rowsum(G * context)) for softmax keys, dF = G^T K + G F / sqrt(N)
+    for scaled ones. Autograd's version holds K, dK and two more (n, d, N) maps at once.
+    """
+
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, norm: str) -> torch.Tensor:
+        n_pos = feats.shape[-1]
+        if norm == "softmax":
+            top = feats.amax(dim=2, keepdim=True)
+            total = sum(torch.exp(f - top).sum(dim=2, keepdim=True) for f in _chunks(feats))
+        else:
+            top, total = None, None
+        context = sum(torch.bmm(_keys(f, norm, n_pos, top, total), f.transpose(1, 2)) for f in _chunks(feats))
+        ctx.norm = norm
+        ctx.save_for_backward(feats, context, *(() if top is None else (top, total)))
+        return context
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        feats, context, *stats = ctx.saved_tensors
+        top, total = stats if stats else (None, None)
+        n_pos = feats.shape[-1]
+        out = torch.empty_like(feats)
+        row = (grad * context).sum(dim=2, keepdim=True) if ctx.norm == "softmax" else None
+        start = 0
+        for f in _chunks(feats):
+            k = _keys(f, ctx.norm, n_pos, top, total)
+            gk = torch.bmm(grad, f)  # dL/dkeys of this slice
+            g = torch.bmm(grad.transpose(1, 2), k)
+            g += k * (gk - row) if row is not None else gk / math.sqrt(n_pos)
+            out[..., start: start + f.shape[-1]] = g
+            start += f.shape[-1]
+        return out, None
+
+
+def _chunks(feats: torch.Tensor):
+    step = max(1, -(-feats.shape[-1] // CONTEXT_CHUNKS))
+    return feats.split(step, dim=2)
+
+
+def _keys(f: torch.Tensor, norm: str, n_pos: int, top, total) -> torch.Tensor:
+    if norm == "softmax":
+        return torch.exp(f - top) / total
+    return f / math.sqrt(n_pos)
+
+
 def efficient_attention(
-    queries: torch.Tensor, feats: torch.Tensor, norm: AttentionNorm = "softmax"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    queries: torch.Tensor, feats: torch.Tensor, norm: AttentionNorm = "softmax", return_keys: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Efficient attention of ``queries`` (n, d, m) over ``feats`` (n, d, N) (keys = values).
 
-    Returns (attended (n, d, m), normalised queries (n, d, m), normalised keys (n, d, N),
-    context (n, d, d)).
+    Returns (attended (n, d, m), normalised queries (n, d, m), normalised keys (n, d, N), or None
+    without ``return_keys``, context (n, d, d)). The keys are never kept for backward.
     """
+    if norm not in ("softmax", "scaling"):
+        raise ValueError(f"unknown attention norm {norm!r}")
     n_pos = feats.shape[-1]
-    keys = _normalise(feats, 2, norm, n_pos)  # over positions
     q = _normalise(queries, 1, norm, n_pos)  # over channels
-    context = torch.bmm(keys, feats.transpose(1, 2))  # (n, d_k, d_v)
+    context = _KeyContext.apply(feats, norm)  # (n, d_k, d_v), keys softmaxed over positions
+    keys = None
+    if return_keys:
+        with torch.no_grad():
+            keys = _normalise(feats, 2, norm, n_pos)
     return torch.bmm(context.transpose(1, 2), q), q, keys, context
 
 
@@ -134,7 +197,7 @@ class ECR(nn.Module):
         flat = feats.flatten(2)  # (n, d, N)
         gather_idx = idx.unsqueeze(1).expand(n, d, idx.shape[1])
         hard = flat.gather(2, gather_idx)
-        attended, q, keys, context = efficient_attention(hard, flat, self.norm)
+        attended, q, keys, context = efficient_attention(hard, flat, self.norm, return_keys=return_evidence)
         out = flat.scatter(2, gather_idx, hard + attended).view(n, d, h, w)
         evidence = None
         if return_evidence:

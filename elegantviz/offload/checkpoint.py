@@ -28,10 +28,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["checkpoint_module", "uncheckpoint_module", "checkpoint_hrnet", "checkpointed", "find_hrnets",
-           "CheckpointHandle", "MLK_CLASS_NAMES"]
+           "CheckpointHandle", "HEAD_CLASS_NAMES"]
 
 _MARK = "_elegantviz_checkpoint"
-MLK_CLASS_NAMES = ("MLK", "LRD")
+# After the backbone: the context module and the FCN heads. Each saves several maps of input
+# size / 16 x 256+ channels (1x1 conv, BN, ReLU, dropout inputs) and is cheap to recompute.
+HEAD_CLASS_NAMES = ("MLK", "LRD", "FCNHead")
 
 
 class _RestoreBatchNormStats:
@@ -204,9 +206,10 @@ class CheckpointHandle:
 
 
 def checkpoint_hrnet(model: nn.Module, *, stem: bool = True, layer1: bool = True, modules: bool = True,
-                     mlk: bool = False, extra: Iterable[nn.Module] = (), copy_inputs: bool = True,
+                     head: bool = False, extra: Iterable[nn.Module] = (), copy_inputs: bool = True,
                      freeze_bn: bool = True) -> CheckpointHandle:
-    """Checkpoint the segments of every timm HRNet in ``model`` (and MLK/LRD when ``mlk``).
+    """Checkpoint the segments of every timm HRNet in ``model`` (and, with ``head``, MLK/LRD and
+    the FCN heads).
 
     Segments: the stem (two stride-2 convolutions), each block of ``layer1``, each
     ``HighResolutionModule`` of stages 2-4; transitions stay stored (they are small and sit at
@@ -232,14 +235,14 @@ def checkpoint_hrnet(model: nn.Module, *, stem: bool = True, layer1: bool = True
             for stage in (body.stage2, body.stage3, body.stage4):
                 for mod in stage:
                     add(mod)
-    if mlk:
+    if head:
         for m in model.modules():
-            if type(m).__name__ in MLK_CLASS_NAMES:
+            if type(m).__name__ in HEAD_CLASS_NAMES:
                 add(m)
     for m in extra:
         add(m)
     if not handle.modules:
-        raise ValueError(f"nothing to checkpoint in {type(model).__name__}: no timm HRNet (or MLK) found")
+        raise ValueError(f"nothing to checkpoint in {type(model).__name__}: no timm HRNet (or MLK, LRD, FCNHead) found")
     return handle
 
 

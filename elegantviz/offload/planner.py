@@ -103,13 +103,15 @@ class Policy:
     """How a training step keeps its activations; ``apply`` turns it on around forward+backward.
 
     ``offload``: ``"none"``, ``"host"`` (pinned host memory; a pass-through on CPU) or ``"disk"``.
-    ``checkpoint``: recompute the HRNet stem, layer1 blocks and HRNet modules (and MLK with
-    ``checkpoint_mlk``) in backward.
+    ``checkpoint``: recompute the HRNet stem, layer1 blocks and HRNet modules, and with
+    ``checkpoint_head`` (the default) the context module and the heads, in backward. The heads
+    halve what a 6800x7200 step keeps (ElegantSeg-S: 72 -> 36 GiB saved; 48 -> 28 GiB peak
+    without spilling) for a few 1x1 convolutions more.
     """
 
     checkpoint: bool = False
     offload: str = "none"
-    checkpoint_mlk: bool = False
+    checkpoint_head: bool = True
     threshold_bytes: int = DEFAULT_THRESHOLD
     spill_dir: str | None = None
     prefetch: int = 2
@@ -152,7 +154,7 @@ class Policy:
         """
         handle: CheckpointHandle | None = None
         if self.checkpoint:
-            handle = checkpoint_hrnet(model, mlk=self.checkpoint_mlk)
+            handle = checkpoint_hrnet(model, head=self.checkpoint_head)
         try:
             hooks = self.hooks(model, meter)
             with hooks if hooks is not None else nullcontext():
@@ -319,7 +321,7 @@ def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.T
         torch.cuda.reset_peak_memory_stats(x.device)
         base = torch.cuda.memory_allocated(x.device)
     live = _LiveBytes(model) if not cuda else nullcontext()
-    handle = checkpoint_hrnet(model, mlk=policy.checkpoint_mlk) if policy.checkpoint else None
+    handle = checkpoint_hrnet(model, head=policy.checkpoint_head) if policy.checkpoint else None
     try:
         with hooks, live:
             loss_fn(model(x, **(forward_kwargs or {}))).backward()
