@@ -63,8 +63,10 @@ def test_plan_picks_cheapest_fitting_policy_and_refuses_clearly(net):
     assert set(needs) == {"none", "disk", "checkpoint", "checkpoint+disk"}
     assert needs["none"] > needs["checkpoint"] and needs["none"] > needs["disk"]
     lean = min(needs.values())
-    pick = plan(net, shape, lean + 1, "cpu", sizes=(64, 96))
-    assert pick.needs[pick.policy.name] <= lean + 1 and pick.policy.name != "none"
+    # a budget between the policies (dry-run peaks at 64/96 px vary by up to a third between runs)
+    budget = sorted(needs.values())[2]
+    pick = plan(net, shape, budget, "cpu", sizes=(64, 96))
+    assert pick.needs[pick.policy.name] <= budget and pick.policy.name != "none"
     assert list(pick.needs)[-1] == pick.policy.name  # tried cheapest first, stopped at the first fit
     assert plan(net, shape, "1TB", "cpu", sizes=(64, 96)).needs.keys() == {"none"}
     with pytest.raises(MemoryBudgetError, match=r"needs about .* budget is"):
@@ -108,14 +110,12 @@ def test_meter_step_records_rss_and_counters():
 def test_plan_refuses_disk_policies_without_room_for_the_spill(net, monkeypatch):
     from elegantviz.offload import planner
 
-    shape = (3, 2048, 2048)
-    lean = plan(net, shape, "1TB", "cpu", sizes=(64, 96), evaluate_all=True)
+    shape, spilling = (3, 2048, 2048), ("disk", "checkpoint+disk")
+    lean = plan(net, shape, "1TB", "cpu", sizes=(64, 96), candidates=spilling, evaluate_all=True)
     spill = lean.measured["spill_bytes"]
-    assert set(spill) == {"disk", "checkpoint+disk"} and spill["disk"] > spill["checkpoint+disk"] > 0
-    budget = max(lean.needs["disk"], lean.needs["checkpoint+disk"]) + 1
-    assert budget < min(lean.needs["none"], lean.needs["checkpoint"])  # only spilling fits in memory
+    assert set(spill) == set(spilling) and spill["disk"] > spill["checkpoint+disk"] > 0
     monkeypatch.setattr(planner, "_disk_free", lambda spill_dir: spill["checkpoint+disk"] + 1)
-    assert plan(net, shape, budget, "cpu", sizes=(64, 96)).policy.name == "checkpoint+disk"
+    assert plan(net, shape, "1TB", "cpu", sizes=(64, 96), candidates=spilling).policy.name == "checkpoint+disk"
     monkeypatch.setattr(planner, "_disk_free", lambda spill_dir: spill["checkpoint+disk"] // 2)
     with pytest.raises(MemoryBudgetError, match=r"checkpoint\+disk would write .* to the spill folder"):
-        plan(net, shape, budget, "cpu", sizes=(64, 96))
+        plan(net, shape, "1TB", "cpu", sizes=(64, 96), candidates=spilling)
