@@ -11,7 +11,11 @@ is compared with the EHSNet paper's 117 GB for a 6800x7200 scene (2.4 GB/Mpx).
 Configurations predicted not to fit the free memory, or to spill more than the free disk, are
 skipped and listed with the reason.
 
-Writes benchmarks/results/memory.json (rewritten after every configuration).
+Writes benchmarks/results/memory.json (rewritten after every configuration). One real step of a
+whole 6800x7200 scene under one policy (tens of minutes here; its JSON on the last line):
+
+    nice .venv/bin/python benchmarks/memory.py --one --size 6800 --width 7200 --policy checkpoint+disk \
+        --threads 2 --mmap-threshold 1048576 > benchmarks/results/memory_6800x7200.log 2>&1
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def one(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model, used = build(args.model, args.bands, args.classes)
     model.train()
-    x = torch.randn(1, args.bands, args.size, args.size)
+    x = torch.randn(1, args.bands, args.size, args.width or args.size)
     policy = Policy.from_name(args.policy, spill_dir=args.spill_dir)
     meter = MemoryMeter()
     with meter.step() as stats:
@@ -73,7 +77,7 @@ def one(args: argparse.Namespace) -> dict:
             loss.backward()
             loss = loss.detach()
     d = stats.as_dict()
-    d.update(model=used, size=args.size, policy=args.policy, loss=loss.item(), threads=args.threads,
+    d.update(model=used, size=args.size, width=args.width or args.size, policy=args.policy, loss=loss.item(), threads=args.threads,
              mmap_threshold=args.mmap_threshold, step_rss_bytes=d["peak_rss_bytes"] - d["start_rss_bytes"])
     return d
 
@@ -112,6 +116,7 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="add runs to an existing JSON")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
+    ap.add_argument("--width", type=int, default=0, help="with --one: a size x width scene (default square)")
     ap.add_argument("--policy", default="none", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
