@@ -314,3 +314,27 @@ def test_region_picker_lists_regions_in_order():
     assert seen == [0, 1]
     pix = widgets.pixel_controls((30, 40))
     assert (pix["y"]["max"], pix["x"]["max"]) == (29, 39)
+
+
+def test_lookalike_windows_equal_a_brute_force_search():
+    rng = np.random.default_rng(5)
+    lab = np.zeros((60, 70), np.uint8)
+    lab[:, 20:24] = 3  # a river, border to border
+    lab[40:50, 45:58] = 4  # a pond
+    lab[rng.random(lab.shape) < 0.02] = 1
+    size, step = 16, 3
+    got = confusions.lookalike_windows(lab, 3, 4, size, step)
+    for c, other in ((3, 4), (4, 3)):
+        best, where = 0, None
+        for y in range(0, 60 - size + 1, step):
+            for x in range(0, 70 - size + 1, step):
+                win = lab[y: y + size, x: x + size]
+                n = int((win == c).sum())
+                if not (win == other).any() and n > best:
+                    best, where = n, (y, x)
+        assert got[c] == where
+    assert confusions.lookalike_windows(lab, 3, 7, size, step)[7] is None
+    with pytest.raises(ValueError, match="larger than"):
+        confusions.lookalike_windows(lab, 3, 4, 80)
+    fig = plots.lookalikes_figure(np.zeros((60, 70, 3)), {"river": got[3], "pond": got[4]}, size)
+    assert len(fig.axes) == 3

@@ -258,6 +258,27 @@ def region_gallery_figure(rows: list[dict], table, scene_rgb: np.ndarray | None 
     return fig
 
 
+def lookalikes_figure(rgb: np.ndarray, windows: dict[str, tuple[int, int] | None], size: int, title: str = ""):
+    """Each window's crop (what a sliced model sees), then the whole scene with the windows outlined."""
+    found = {name: w for name, w in windows.items() if w is not None}
+    colours = ["red", "cyan", "yellow", "magenta"]
+    fig = _figure(figsize=(3.0 * (len(found) + 1.6), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(found) + 1, width_ratios=[1] * len(found) + [1.6], squeeze=False)[0]
+    for ax, (name, (y, x)), colour in zip(axes, found.items(), colours):
+        _panel(ax, rgb[y: y + size, x: x + size], f"{name}? ({size} x {size} crop)")
+        for side in ax.spines.values():
+            side.set_edgecolor(colour)
+            side.set_linewidth(3)
+    _panel(axes[-1], rgb, "the whole scene")
+    for (name, (y, x)), colour in zip(found.items(), colours):
+        axes[-1].plot([x, x + size, x + size, x, x], [y, y, y + size, y + size, y], color=colour, lw=2)
+        axes[-1].text(x, y - 4, name, color=colour, fontsize=9, weight="bold",
+                      bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0, "pad": 1})
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 # --- memory -----------------------------------------------------------------------------------
 def offload_figure(records: list[dict], title: str = ""):
     """Peak memory and time per step for each offload policy.
