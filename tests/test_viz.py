@@ -244,6 +244,25 @@ def test_offload_figure_bars_are_the_records():
     assert heights == [200.0, 50.0, 0.0, 80.0]
     assert [p.get_height() for p in tim.patches] == [2.0, 2.0, 0.0, 1.0]
     assert [t.get_text() for t in mem.get_xticklabels()] == ["none", "disk"]
+    for r, live in zip(records, (500 << 20, 40 << 20)):
+        r["peak_live_bytes"] = live
+    assert [p.get_height() for p in plots.offload_figure(records).axes[0].patches] == [500.0, 40.0, 0.0, 80.0]
+
+
+def test_live_tensor_bytes_counts_what_a_step_holds():
+    """Peak live bytes of a known computation: a, then b = a * 2 while a lives, then a freed."""
+    import torch
+
+    from elegantviz.offload import LiveTensorBytes
+
+    model = torch.nn.Linear(1, 1)
+    with LiveTensorBytes(model) as live:
+        a = torch.ones(1 << 18)  # 1 MiB
+        b = a * 2  # 2 MiB live
+        del a
+        c = b + 1  # 2 MiB live again (a is gone)
+        del b, c
+    assert live.peak == 2 << 20
 
 
 def test_region_gallery_has_a_row_per_region(predicted_store):

@@ -16,7 +16,7 @@ Imports torch, so ``import elegantviz`` does not import this package; import it 
 from .checkpoint import CheckpointHandle, checkpoint_hrnet, checkpoint_module, checkpointed, uncheckpoint_module
 from .hooks import DEFAULT_THRESHOLD, DiskOffload, HostOffload, PinnedPool, default_spill_root
 from .meter import MemoryMeter, StepStats
-from .planner import (POLICY_NAMES, MemoryBudgetError, Plan, Policy, default_budget, format_size,
+from .planner import (POLICY_NAMES, LiveTensorBytes, MemoryBudgetError, Plan, Policy, default_budget, format_size,
                       mmap_large_allocations, parse_size, plan)
 
 __all__ = [
@@ -24,5 +24,5 @@ __all__ = [
     "checkpoint_hrnet", "checkpoint_module", "uncheckpoint_module", "checkpointed", "CheckpointHandle",
     "MemoryMeter", "StepStats",
     "Policy", "Plan", "plan", "parse_size", "format_size", "default_budget", "MemoryBudgetError", "POLICY_NAMES",
-    "mmap_large_allocations",
+    "mmap_large_allocations", "LiveTensorBytes",
 ]

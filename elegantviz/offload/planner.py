@@ -26,7 +26,7 @@ from .checkpoint import CheckpointHandle, checkpoint_hrnet, find_hrnets
 from .hooks import DEFAULT_THRESHOLD, DiskOffload, HostOffload, _Kept, _OffloadHooks, _Saved
 from .meter import MemoryMeter
 
-__all__ = ["Policy", "Plan", "plan", "parse_size", "format_size", "MemoryBudgetError", "POLICY_NAMES",
+__all__ = ["Policy", "Plan", "plan", "LiveTensorBytes", "parse_size", "format_size", "MemoryBudgetError", "POLICY_NAMES",
            "default_budget", "mmap_large_allocations"]
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
@@ -178,11 +178,11 @@ class _Measure(_OffloadHooks):
         self.total += nbytes
 
 
-class _LiveBytes(TorchDispatchMode):
+class LiveTensorBytes(TorchDispatchMode):
     """Peak bytes of the CPU tensor storages created while active (forward, hooks and backward).
 
     CPU tensors have no allocator statistics; this counts every op's output storages and drops
-    them when their storage dies (swept every few ops, so the peak errs on the high side).
+    them when their storage dies (swept every few ops, and before any new peak is recorded).
     Parameter gradients are left out (a fixed cost the planner adds itself): counted, they make
     the peak of a small dry run a poor guide to how it grows with pixels.
     """
@@ -195,7 +195,7 @@ class _LiveBytes(TorchDispatchMode):
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "_LiveBytes":
+    def __enter__(self) -> "LiveTensorBytes":
         self._handles = [p.register_post_accumulate_grad_hook(self._forget_grad) for p in self._params]
         return super().__enter__()
 
@@ -230,7 +230,9 @@ class _LiveBytes(TorchDispatchMode):
                 self.now -= entry[1]
             self.live[ptr] = (StorageWeakRef(storage), nbytes)
             self.now += nbytes
-            self.peak = max(self.peak, self.now)
+            if self.now > self.peak:
+                self._sweep()  # a new peak only counts what is still alive
+                self.peak = max(self.peak, self.now)
         return out
 
 
@@ -311,7 +313,7 @@ def _nbytes(t: torch.Tensor) -> int:
 def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.Tensor],
              policy: Policy, forward_kwargs: dict | None = None) -> tuple[int, int, int]:
     """One forward+backward under ``policy``: (peak bytes on the device, peak saved bytes held in
-    host memory, distinct saved bytes). CPU peaks come from :class:`_LiveBytes`, CUDA ones from
+    host memory, distinct saved bytes). CPU peaks come from :class:`LiveTensorBytes`, CUDA ones from
     the caching allocator."""
     meter = MemoryMeter(x.device)
     hooks = policy.hooks(model, meter) or _Measure(policy.threshold_bytes, model)
@@ -320,7 +322,7 @@ def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.T
         torch.cuda.synchronize(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
         base = torch.cuda.memory_allocated(x.device)
-    live = _LiveBytes(model) if not cuda else nullcontext()
+    live = LiveTensorBytes(model) if not cuda else nullcontext()
     handle = checkpoint_hrnet(model, head=policy.checkpoint_head) if policy.checkpoint else None
     try:
         with hooks, live:

@@ -283,20 +283,25 @@ def lookalikes_figure(rgb: np.ndarray, windows: dict[str, tuple[int, int] | None
 def offload_figure(records: list[dict], title: str = ""):
     """Peak memory and time per step for each offload policy.
 
-    ``records``: one dict per policy with ``policy``, ``seconds``, ``peak_rss_bytes`` and
-    optionally ``start_rss_bytes`` (the step's own memory is the difference),
-    ``spilled_disk_bytes`` and ``move_seconds`` (the MemoryMeter's StepStats fields).
+    ``records``: one dict per policy with ``policy``, ``seconds``, and either ``peak_live_bytes``
+    (peak bytes of live tensors, :class:`elegantviz.offload.LiveTensorBytes`: what the step itself
+    holds, at any scene size) or ``peak_rss_bytes`` and optionally ``start_rss_bytes`` (the
+    process's memory, which earlier steps blur); ``spilled_disk_bytes`` and ``move_seconds`` (the
+    MemoryMeter's StepStats fields) when present.
     """
     names = [r["policy"] for r in records]
     x = np.arange(len(records))
     mib = 1024.0**2
-    step = np.array([(r["peak_rss_bytes"] - r.get("start_rss_bytes", 0)) / mib for r in records])
+    live = all("peak_live_bytes" in r for r in records)
+    step = np.array([(r["peak_live_bytes"] if live else r["peak_rss_bytes"] - r.get("start_rss_bytes", 0)) / mib
+                     for r in records])
     spilled = np.array([r.get("spilled_disk_bytes", 0) / mib for r in records])
     secs = np.array([r["seconds"] for r in records])
     moving = np.array([r.get("move_seconds", 0.0) for r in records])
     fig = _figure(figsize=(9, 3.4), layout="constrained")
     ax_m, ax_t = fig.subplots(1, 2)
-    ax_m.bar(x - 0.2, step, 0.4, label="RAM the step added (peak)", color="#3b75af")
+    ax_m.bar(x - 0.2, step, 0.4, label="tensors in RAM (peak)" if live else "RAM the step added (peak)",
+             color="#3b75af")
     ax_m.bar(x + 0.2, spilled, 0.4, label="spilled to disk", color="#ff7f0e")
     ax_m.set_ylabel("MiB")
     ax_m.set_title("memory per step")
