@@ -357,3 +357,13 @@ def test_lookalike_windows_equal_a_brute_force_search():
         confusions.lookalike_windows(lab, 3, 4, 80)
     fig = plots.lookalikes_figure(np.zeros((60, 70, 3)), {"river": got[3], "pond": got[4]}, size)
     assert len(fig.axes) == 3
+
+
+def test_attention_limits_ignore_a_few_hot_pixels():
+    att = np.linspace(0, 2, 10000, dtype=np.float32).reshape(100, 100)
+    att[3, 4] = 1e6  # one pixel holding most of the mass
+    lim = plots.attention_limits(att)
+    assert 1.9 < lim["vmax"] < 2.0 and lim["vmin"] < 0.02
+    assert plots.attention_limits(np.full((4, 4), np.nan)) == {"vmin": 0.0, "vmax": 1.0}
+    image = plots.attention_figure(np.zeros((100, 100, 3)), att).axes[1].images[0]
+    assert image.get_clim() == (lim["vmin"], lim["vmax"])

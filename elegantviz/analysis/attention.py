@@ -51,3 +51,17 @@ def region_attention(scene: Scene, mask: np.ndarray) -> np.ndarray:
     if qs.shape[1] == 0:
         raise InputError("empty region: no pixel selected")
     return np.asarray(attention_from_query(scene, qs.mean(1)).compute())
+
+
+def display_range(values: np.ndarray, percent: float = 99.5) -> tuple[float, float]:
+    """Colour range of an attention map: its 100 - ``percent`` and ``percent`` percentiles.
+
+    Softmax keys can put much of a map's mass on a few pixels; a linear scale up to those shows
+    one dot on black. (0, 1) for a map without finite values.
+    """
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(finite, [100 - percent, percent])
+    return float(lo), float(max(hi, lo + 1e-6))

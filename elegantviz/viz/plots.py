@@ -176,6 +176,14 @@ def errors_caught_figure(curve: dict, ratio: float | None = None, title: str = "
     return fig
 
 
+def attention_limits(attention: np.ndarray) -> dict:
+    """imshow ``vmin``/``vmax`` of an attention map (see ``analysis.attention.display_range``)."""
+    from elegantviz.analysis.attention import display_range
+
+    lo, hi = display_range(attention)
+    return {"vmin": lo, "vmax": hi}
+
+
 def attention_figure(rgb: np.ndarray, attention: np.ndarray, point: tuple[float, float] | None = None,
                      box: tuple[int, int, int, int] | None = None, title: str = ""):
     """The image and, beside it, an attention map over the same ground (1 = the average pixel),
@@ -184,7 +192,8 @@ def attention_figure(rgb: np.ndarray, attention: np.ndarray, point: tuple[float,
     axes = fig.subplots(1, 2)
     extent = (0, rgb.shape[1], rgb.shape[0], 0)
     _panel(axes[0], rgb, "image", extent=extent)
-    im = _panel(axes[1], attention, "attention (x uniform)", extent=extent, cmap="inferno")
+    im = _panel(axes[1], attention, "attention (x uniform)", extent=extent, cmap="inferno",
+                **attention_limits(attention))
     fig.colorbar(im, ax=axes[1], shrink=0.8)
     for ax in axes:
         if point is not None:
@@ -251,7 +260,7 @@ def region_gallery_figure(rows: list[dict], table, scene_rgb: np.ndarray | None 
             att = row["attention"]
             s = row["stride"]
             extent = (0, att.shape[1] * s, att.shape[0] * s, 0)
-            _panel(ax[4], att, GALLERY_COLUMNS[4], extent=extent, cmap="inferno")
+            _panel(ax[4], att, GALLERY_COLUMNS[4], extent=extent, cmap="inferno", **attention_limits(att))
             ax[4].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="cyan", lw=1)
     if title:
         fig.suptitle(title)

@@ -223,6 +223,10 @@ def map_contrast(scene: Scene, name: str, levels: list[da.Array]) -> list[float]
         if key in attrs and len(attrs[key]) == 2:
             lo, hi = (float(v) for v in attrs[key])
             return [lo, max(hi, lo + 1e-6)]
+    if attrs.get("kind") == "attention":  # a few hot pixels would leave the rest black
+        from elegantviz.analysis.attention import display_range
+
+        return list(display_range(levels[-1].compute()))
     top = np.asarray(levels[-1].compute(), np.float64)
     top = top[np.isfinite(top)]
     if not top.size:

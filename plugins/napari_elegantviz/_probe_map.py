@@ -12,6 +12,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
+from elegantviz.analysis.attention import display_range
 from elegantviz.io.store import Scene
 
 from ._layers import meta
@@ -35,12 +36,7 @@ def probe_levels(scene: Scene, query: np.ndarray) -> list[da.Array]:
 def probe_contrast(levels: list[da.Array]) -> list[float]:
     """Colour range from the finest level small enough to read whole (exact on small scenes)."""
     level = next((lvl for lvl in levels if lvl.size <= CONTRAST_MAX_PIXELS), levels[-1])
-    values = np.asarray(level.compute(), np.float64)
-    values = values[np.isfinite(values)]
-    if not values.size:
-        return [0.0, 1.0]
-    lo, hi = float(values.min()), float(values.max())
-    return [lo, max(hi, lo + 1e-6)]
+    return list(display_range(level.compute()))
 
 
 def probe_layer(scene: Scene, y: int, x: int) -> tuple:
