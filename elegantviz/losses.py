@@ -243,7 +243,8 @@ def banded_bae_loss(
     Equal to upsampling the logits by ``stride`` (bilinear, cropped to the labels, as
     ``ElegantSeg`` does) and calling :func:`weighted_cross_entropy` with
     :func:`boundary_weights`, but no tensor of input size x classes ever exists: rows are
-    processed in bands of about ``band_bytes`` of upsampled logits, and recomputed in backward.
+    processed in bands (at least 32, each at most ``band_bytes`` of upsampled logits) and
+    recomputed in backward.
     """
     if labels.dim() == 2:
         labels = labels.unsqueeze(0)

@@ -55,6 +55,19 @@ def test_attention_gradients_equal_explicit_attention(norm, monkeypatch):
     assert torch.autograd.gradcheck(lambda h, f: efficient_attention(h, f, norm)[0], (hard[:1, :, :3], feats[:1, :, :20]))
 
 
+def test_attention_under_bf16_autocast_runs_in_float32():
+    """Autocast (bf16 on CUDA, here on the CPU) must not reach the key context's own backward."""
+    torch.manual_seed(4)
+    feats = torch.randn(1, 8, 60, requires_grad=True)
+    hard = torch.randn(1, 8, 5, requires_grad=True)
+    ref = torch.autograd.grad(efficient_attention(hard, feats)[0].sum(), feats)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        att = efficient_attention(hard, feats.bfloat16())[0]
+    got = torch.autograd.grad(att.float().sum(), feats)[0]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+
+
 def test_scaling_is_dot_product_attention_over_n():
     torch.manual_seed(1)
     feats = torch.randn(1, 8, 50, dtype=torch.float64)

@@ -19,6 +19,7 @@ Only hard pixels change.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -109,17 +110,21 @@ class _KeyContext(torch.autograd.Function):
     slices of positions. Backward needs no second reduction: with G = dL/dcontext,
     dF = G^T K + K * (G F - rowsum(G * context)) for softmax keys, dF = G^T K + G F / sqrt(N)
     for scaled ones. Autograd's version holds K, dK and two more (n, d, N) maps at once.
+    Computed in float32 (or float64) whatever autocast says (a softmax over millions of positions needs it);
+    the gradient comes back in the features' dtype.
     """
 
     @staticmethod
     def forward(ctx, feats: torch.Tensor, norm: str) -> torch.Tensor:
         n_pos = feats.shape[-1]
-        if norm == "softmax":
-            top = feats.amax(dim=2, keepdim=True)
-            total = sum(torch.exp(f - top).sum(dim=2, keepdim=True) for f in _chunks(feats))
-        else:
-            top, total = None, None
-        context = sum(torch.bmm(_keys(f, norm, n_pos, top, total), f.transpose(1, 2)) for f in _chunks(feats))
+        dt = _compute_dtype(feats)
+        with _no_autocast(feats):
+            top = total = None
+            if norm == "softmax":
+                top = feats.amax(dim=2, keepdim=True).to(dt)
+                total = sum(torch.exp(f.to(dt) - top).sum(dim=2, keepdim=True) for f in _chunks(feats))
+            context = sum(torch.bmm(_keys(f.to(dt), norm, n_pos, top, total), f.to(dt).transpose(1, 2))
+                          for f in _chunks(feats))
         ctx.norm = norm
         ctx.save_for_backward(feats, context, *(() if top is None else (top, total)))
         return context
@@ -131,16 +136,28 @@ class _KeyContext(torch.autograd.Function):
         top, total = stats if stats else (None, None)
         n_pos = feats.shape[-1]
         out = torch.empty_like(feats)
-        row = (grad * context).sum(dim=2, keepdim=True) if ctx.norm == "softmax" else None
-        start = 0
-        for f in _chunks(feats):
-            k = _keys(f, ctx.norm, n_pos, top, total)
-            gk = torch.bmm(grad, f)  # dL/dkeys of this slice
-            g = torch.bmm(grad.transpose(1, 2), k)
-            g += k * (gk - row) if row is not None else gk / math.sqrt(n_pos)
-            out[..., start: start + f.shape[-1]] = g
-            start += f.shape[-1]
+        with _no_autocast(feats):
+            grad = grad.to(context.dtype)
+            row = (grad * context).sum(dim=2, keepdim=True) if ctx.norm == "softmax" else None
+            start = 0
+            for f in _chunks(feats):
+                f = f.to(context.dtype)
+                k = _keys(f, ctx.norm, n_pos, top, total)
+                gk = torch.bmm(grad, f)  # dL/dkeys of this slice
+                g = torch.bmm(grad.transpose(1, 2), k)
+                g += k * (gk - row) if row is not None else gk / math.sqrt(n_pos)
+                out[..., start: start + f.shape[-1]] = g
+                start += f.shape[-1]
         return out, None
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _no_autocast(t: torch.Tensor):
+    """Autocast off on the tensor's device (meta tensors, used for counting FLOPs, have none)."""
+    return torch.autocast(t.device.type, enabled=False) if t.device.type in ("cpu", "cuda") else nullcontext()
 
 
 def _chunks(feats: torch.Tensor):
