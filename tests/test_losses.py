@@ -186,3 +186,13 @@ def test_banded_loss_equals_upsampled_loss(h, w, stride, band_bytes):
     torch.testing.assert_close(via_output, plain, rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="do not cover labels"):
         banded_bae_loss(logits, aux, labels[..., : h // 2, :], stride)
+
+
+def test_boundaries_under_bf16_autocast_stay_exact():
+    """The Sobel sums are integers; a bf16 convolution (autocast on CUDA, here on the CPU) would round them."""
+    rng = np.random.default_rng(9)
+    lab = torch.from_numpy(_blocks(rng, 40, 50, classes=20))[None]
+    ref = label_sobel(lab)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = label_sobel(lab)
+    assert torch.equal(got, ref)
