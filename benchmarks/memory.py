@@ -77,8 +77,8 @@ def one(args: argparse.Namespace) -> dict:
             loss.backward()
             loss = loss.detach()
     d = stats.as_dict()
-    d.update(model=used, size=args.size, width=args.width or args.size, policy=args.policy, loss=loss.item(), threads=args.threads,
-             mmap_threshold=args.mmap_threshold, step_rss_bytes=d["peak_rss_bytes"] - d["start_rss_bytes"])
+    d.update(model=used, size=args.size, width=args.width or args.size, policy=args.policy, loss=loss.item(),
+             threads=args.threads, mmap_threshold=args.mmap_threshold, step_rss_bytes=d["peak_rss_bytes"] - d["start_rss_bytes"])
     return d
 
 
@@ -96,9 +96,11 @@ def predictions(args: argparse.Namespace, sizes: list[int]) -> dict:
     out = {f"{s}x{s}": p.predict(s, s) for s in sizes}
     out["6800x7200"] = p.needs
     full = p.measured["full"]
-    spill = {f"{s}x{s}": {n: full[n + ":saved"] * s * s / p.scene_pixels for n in POLICIES if "disk" in n} for s in sizes}
+    spill = {f"{s}x{s}": {n: full[n + ":saved"] * s * s / p.scene_pixels for n in POLICIES if "disk" in n}
+             for s in sizes}
     spill["6800x7200"] = {n: full[n + ":saved"] for n in POLICIES if "disk" in n}
-    return {"model": used, "needs": out, "spill": spill, "dry_sizes": p.measured["sizes"], "rows": p.measured["rows"]}
+    return {"model": used, "needs": out, "spill": spill, "dry_sizes": p.measured["sizes"],
+            "rows": p.measured["rows"]}
 
 
 def main() -> None:

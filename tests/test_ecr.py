@@ -52,7 +52,8 @@ def test_attention_gradients_equal_explicit_attention(norm, monkeypatch):
     ref = torch.autograd.grad(_explicit(hard, feats, norm), (hard, feats), grad)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda h, f: efficient_attention(h, f, norm)[0], (hard[:1, :, :3], feats[:1, :, :20]))
+    assert torch.autograd.gradcheck(lambda h, f: efficient_attention(h, f, norm)[0],
+                                    (hard[:1, :, :3], feats[:1, :, :20]))
 
 
 def test_attention_under_bf16_autocast_runs_in_float32():

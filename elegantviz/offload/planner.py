@@ -26,7 +26,8 @@ from .checkpoint import CheckpointHandle, checkpoint_hrnet, find_hrnets
 from .hooks import DEFAULT_THRESHOLD, DiskOffload, HostOffload, _Kept, _OffloadHooks, _Saved
 from .meter import MemoryMeter
 
-__all__ = ["Policy", "Plan", "plan", "LiveTensorBytes", "parse_size", "format_size", "MemoryBudgetError", "POLICY_NAMES",
+__all__ = ["Policy", "Plan", "plan", "LiveTensorBytes", "parse_size", "format_size", "MemoryBudgetError",
+           "POLICY_NAMES",
            "default_budget", "mmap_large_allocations"]
 
 _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
@@ -353,7 +354,8 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
     (CPU: every op's outputs through a dispatch mode; CUDA: the allocator's peak). Peaks grow
     linearly with pixels; the fit at the full scene, + 8 bytes/px of labels, + twice the
     parameters (gradients, momentum), + the disk writer's in-flight bytes, is the need of each
-    policy. A disk policy also needs room for every saved tensor in the spill folder. Policies are tried cheapest first and the first that fits is taken
+    policy. A disk policy also needs room for every saved tensor in the spill folder. Policies
+    are tried cheapest first and the first that fits is taken
     (``evaluate_all=True`` measures all of them, for reports); each costs two small steps.
     ``forward_kwargs`` go to the model's forward as in the real step (the trainer passes
     ``upsample=False``, and the default loss then is the banded BAE loss).
