@@ -78,7 +78,8 @@ def one(args: argparse.Namespace) -> dict:
             loss = loss.detach()
     d = stats.as_dict()
     d.update(model=used, size=args.size, width=args.width or args.size, policy=args.policy, loss=loss.item(),
-             threads=args.threads, mmap_threshold=args.mmap_threshold, step_rss_bytes=d["peak_rss_bytes"] - d["start_rss_bytes"])
+             threads=args.threads, mmap_threshold=args.mmap_threshold,
+             step_rss_bytes=d["peak_rss_bytes"] - d["start_rss_bytes"])
     return d
 
 
