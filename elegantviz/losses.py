@@ -28,13 +28,14 @@ Torch only (no scipy at run time); the tests compare with scipy.ndimage.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from math import comb
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from elegantviz.autocast import no_autocast
 
 __all__ = [
     "sobel_kernels",
@@ -64,10 +65,6 @@ def sobel_kernels(ksize: int = 5, dtype: torch.dtype = torch.float32, device: An
     return torch.stack([kx, kx.T]).unsqueeze(1).to(dtype=dtype, device=device)
 
 
-def _no_autocast(t: torch.Tensor):
-    return torch.autocast(t.device.type, enabled=False) if t.device.type in ("cpu", "cuda") else nullcontext()
-
-
 def _as_batch(labels: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if labels.dim() == 2:
         return labels.unsqueeze(0), True
@@ -91,7 +88,7 @@ def label_sobel(labels: torch.Tensor, ksize: int = 5, ignore_index: int | None =
     mode = "reflect" if min(lab.shape[-2:]) > p else "replicate"  # reflect needs pad < size
     vm = F.pad(torch.cat([v * m, v], dim=0), (p, p, p, p), mode=mode)
     n = lab.shape[0]
-    with _no_autocast(lab):  # under bf16 autocast the sums would lose their integers
+    with no_autocast(lab):  # under bf16 autocast the sums would lose their integers
         g = F.conv2d(vm, k)  # (2N, 2, H, W)
     # Integer sums: rounding removes whatever the convolution algorithm's float error was.
     g = (g[:n] - m * g[n:]).round()

@@ -19,13 +19,14 @@ Only hard pixels change.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..autocast import no_autocast
 
 __all__ = ["ECR", "Evidence", "AttentionNorm", "logit_margin", "select_hard", "num_hard", "efficient_attention",
            "CONTEXT_CHUNKS"]
@@ -110,15 +111,15 @@ class _KeyContext(torch.autograd.Function):
     slices of positions. Backward needs no second reduction: with G = dL/dcontext,
     dF = G^T K + K * (G F - rowsum(G * context)) for softmax keys, dF = G^T K + G F / sqrt(N)
     for scaled ones. Autograd's version holds K, dK and two more (n, d, N) maps at once.
-    Computed in float32 (or float64) whatever autocast says (a softmax over millions of positions needs it);
-    the gradient comes back in the features' dtype.
+    Computed in float32 (or float64) whatever autocast says (a softmax over millions of
+    positions needs it); the gradient comes back in the features' dtype.
     """
 
     @staticmethod
     def forward(ctx, feats: torch.Tensor, norm: str) -> torch.Tensor:
         n_pos = feats.shape[-1]
         dt = _compute_dtype(feats)
-        with _no_autocast(feats):
+        with no_autocast(feats):
             top = total = None
             if norm == "softmax":
                 top = feats.amax(dim=2, keepdim=True).to(dt)
@@ -136,7 +137,7 @@ class _KeyContext(torch.autograd.Function):
         top, total = stats if stats else (None, None)
         n_pos = feats.shape[-1]
         out = torch.empty_like(feats)
-        with _no_autocast(feats):
+        with no_autocast(feats):
             grad = grad.to(context.dtype)
             row = (grad * context).sum(dim=2, keepdim=True) if ctx.norm == "softmax" else None
             start = 0
@@ -153,11 +154,6 @@ class _KeyContext(torch.autograd.Function):
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
-
-
-def _no_autocast(t: torch.Tensor):
-    """Autocast off on the tensor's device (meta tensors, used for counting FLOPs, have none)."""
-    return torch.autocast(t.device.type, enabled=False) if t.device.type in ("cpu", "cuda") else nullcontext()
 
 
 def _chunks(feats: torch.Tensor):
