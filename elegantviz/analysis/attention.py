@@ -47,9 +47,12 @@ def region_attention(scene: Scene, mask: np.ndarray) -> np.ndarray:
     _stride(scene)
     if mask.shape != q.shape[1:]:
         raise InputError(f"mask shape {mask.shape} != feature grid {q.shape[1:]}")
-    qs = np.asarray(q.compute(), np.float32)[:, mask]
-    if qs.shape[1] == 0:
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
         raise InputError("empty region: no pixel selected")
+    # read only the region's bounding box of the queries, not the whole map
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    qs = np.asarray(q[(slice(None), *box)].compute(), np.float32)[:, mask[box]]
     return np.asarray(attention_from_query(scene, qs.mean(1)).compute())
 
 

@@ -223,16 +223,10 @@ def map_contrast(scene: Scene, name: str, levels: list[da.Array]) -> list[float]
         if key in attrs and len(attrs[key]) == 2:
             lo, hi = (float(v) for v in attrs[key])
             return [lo, max(hi, lo + 1e-6)]
-    if attrs.get("kind") == "attention":  # a few hot pixels would leave the rest black
-        from elegantviz.analysis.attention import display_range
+    from elegantviz.analysis.attention import display_range
 
-        return list(display_range(levels[-1].compute()))
-    top = np.asarray(levels[-1].compute(), np.float64)
-    top = top[np.isfinite(top)]
-    if not top.size:
-        return [0.0, 1.0]
-    lo, hi = float(top.min()), float(top.max())
-    return [lo, max(hi, lo + 1e-6)]
+    # attention: percentiles (a few hot pixels would leave the rest black); other maps: min to max
+    return list(display_range(levels[-1].compute(), 99.5 if attrs.get("kind") == "attention" else 100))
 
 
 def map_stride(scene: Scene, name: str, level0: da.Array) -> float:

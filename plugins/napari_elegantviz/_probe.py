@@ -70,6 +70,10 @@ class AttentionProbe(QWidget):
         self._sync_scenes()
 
     def _sync_scenes(self, event=None) -> None:
+        layer = getattr(event, "value", None)
+        part = str(getattr(layer, "metadata", {}).get("elegantviz", {}).get("part", ""))
+        if part.startswith("probe/"):  # the probe's own layers change no store: skip reopening them all
+            return
         current = self.scene_box.currentText()
         scenes = [url for url in scenes_in_viewer(self.viewer) if _has_attention_inputs(url)]
         if scenes == [self.scene_box.itemText(i) for i in range(self.scene_box.count())]:
