@@ -190,7 +190,8 @@ class Trainer:
         img, lab = self.sampler.sample()
         x = torch.from_numpy(img)[None].to(self.device, non_blocking=True)
         # uint8 while class ids fit: at scene size int64 labels alone are 8 bytes a pixel
-        y = torch.from_numpy(lab.astype(np.uint8 if lab.max(initial=0) < 256 else np.int64))[None]
+        fits = max(self.table.num_classes - 1, self.table.ignore_index) < 256
+        y = torch.from_numpy(lab.astype(np.uint8 if fits else np.int64))[None]
         y = y.to(self.device, non_blocking=True)
         return x, y
 

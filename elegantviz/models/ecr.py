@@ -121,11 +121,19 @@ class _KeyContext(torch.autograd.Function):
         dt = _compute_dtype(feats)
         with no_autocast(feats):
             top = total = None
-            if norm == "softmax":
+            softmax = norm == "softmax"
+            if softmax:  # one pass: unnormalised keys, their sum and their context; divide at the end
                 top = feats.amax(dim=2, keepdim=True).to(dt)
-                total = sum(torch.exp(f.to(dt) - top).sum(dim=2, keepdim=True) for f in _chunks(feats))
-            context = sum(torch.bmm(_keys(f.to(dt), norm, n_pos, top, total), f.to(dt).transpose(1, 2))
-                          for f in _chunks(feats))
+                total = torch.zeros_like(top)
+            context = 0
+            for f in _chunks(feats):
+                f = f.to(dt)
+                k = torch.exp(f - top) if softmax else f / math.sqrt(n_pos)
+                if softmax:
+                    total += k.sum(dim=2, keepdim=True)
+                context = context + torch.bmm(k, f.transpose(1, 2))
+            if softmax:
+                context = context / total
         ctx.norm = norm
         ctx.save_for_backward(feats, context, *(() if top is None else (top, total)))
         return context

@@ -203,14 +203,8 @@ class MemoryMeter:
             stats.peak_rss_bytes = max(sampled, hwm or 0)
             if cuda:
                 stats.peak_device_bytes = int(torch.cuda.max_memory_allocated(self.device))
-            with self._lock:
-                stats.saved_bytes = self._saved
-                stats.dedup_bytes = self._dedup
-                stats.held_host_peak_bytes = self._held_peak["host"]
-                stats.held_device_peak_bytes = self._held_peak["device"]
-                stats.spilled_host_bytes = self._spilled["host"]
-                stats.spilled_disk_bytes = self._spilled["disk"]
-                stats.move_seconds = self._move
+            for key, value in self.snapshot().items():
+                setattr(stats, key, value)
             self.history.append(stats)
 
     @property

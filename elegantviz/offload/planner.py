@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -23,7 +24,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import ElegantvizError
 from .checkpoint import CheckpointHandle, checkpoint_hrnet, find_hrnets
-from .hooks import DEFAULT_THRESHOLD, DiskOffload, HostOffload, _Kept, _OffloadHooks, _Saved
+from .hooks import (DEFAULT_THRESHOLD, DiskOffload, HostOffload, _Kept, _nbytes, _OffloadHooks, _Saved,
+                    default_spill_root)
 from .meter import MemoryMeter
 
 __all__ = ["Policy", "Plan", "plan", "LiveTensorBytes", "parse_size", "format_size", "MemoryBudgetError",
@@ -292,10 +294,6 @@ class Plan:
 
 
 def _disk_free(spill_dir: str | None) -> int:
-    import shutil
-
-    from .hooks import default_spill_root
-
     return shutil.disk_usage(spill_dir or default_spill_root()).free
 
 
@@ -306,10 +304,6 @@ def _fit(x: Sequence[float], y: Sequence[float], at: float) -> float:
 
 def _pad32(n: int) -> int:
     return -(-n // 32) * 32
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.Tensor],
