@@ -151,9 +151,11 @@ def _cache_outputs(scene: Scene, name: str, outputs: dict, job: dict) -> None:
     """What is still in memory into the cache, then mark it complete (maps streamed there are zarr arrays)."""
     group = scene.root.require_group(f"{CACHE}/{name}")
     s = outputs.get("stride", 1)
-    for key, value in outputs.items():
+    for key, value in list(outputs.items()):
         if isinstance(value, np.ndarray) and key in MAPS:
-            _map_array(group, key, value.shape, _map_tile(scene.tile, s))[...] = value
+            array = _map_array(group, key, value.shape, _map_tile(scene.tile, s))
+            array[...] = value
+            outputs[key] = array  # from here on read from the cache: the in-memory copy can go
         elif isinstance(value, np.ndarray):
             group.create_array(key, data=value, overwrite=True)
     group.attrs["elegantviz"] = {"complete": True, "stride": s, "job": job}
@@ -246,7 +248,6 @@ def predict_scene(
             outputs = forward_sliced(model, image, dev, crop, overlap, progress)
         outputs["pred"][~valid] = table.ignore_index
         _cache_outputs(scene, name, outputs, job)
-    cache = scene.root[f"{CACHE}/{name}"]
     stages["done"] += 1
     forward_s = time.perf_counter() - started
     shape = scene.shape[1:]
@@ -279,7 +280,7 @@ def predict_scene(
         if "keys" in outputs:
             for key in MAPS:
                 put("maps", key, lambda key=key: scene.add_map(
-                    key, da.from_zarr(cache[key]), progress=progress, tile=_map_tile(tile, s),
+                    key, da.from_zarr(outputs[key]), progress=progress, tile=_map_tile(tile, s),
                     attrs={"kind": key, "stride": s, "relative_to_uniform": key == "keys"}))
             put("maps", "attention", lambda: scene.add_map(
                 "attention", _upsample_nearest(outputs["attention"], s, shape, tile), progress=progress,
