@@ -282,10 +282,8 @@ class Plan:
         """Predicted peak per measured policy for another scene size, from the same dry runs."""
         m = self.measured
         px = _pad32(height) * _pad32(width)
-        fixed = 8 * batch * px + 2 * m["params_bytes"]
-        return {n: int(_fit(m["pixels"], m["rows"][n], px) * batch + fixed
-                       + (m["max_inflight_bytes"] if "disk" in n else 0))
-                for n in self.needs}
+        return {n: _need(n, _fit(m["pixels"], m["rows"][n], px) * batch, batch * px, m["params_bytes"],
+                         m["max_inflight_bytes"]) for n in self.needs}
 
     def summary(self) -> str:
         rows = ", ".join(f"{k} {format_size(v)}" for k, v in self.needs.items())
@@ -295,6 +293,12 @@ class Plan:
 
 def _disk_free(spill_dir: str | None) -> int:
     return shutil.disk_usage(spill_dir or default_spill_root()).free
+
+
+def _need(name: str, activations: float, pixels: int, params_bytes: int, inflight_bytes: int) -> int:
+    """A policy's predicted peak: its activations at the scene's size, + 8 bytes/px of labels,
+    + twice the parameters (gradients, momentum), + the disk writer's in-flight bytes."""
+    return int(activations + 8 * pixels + 2 * params_bytes + (inflight_bytes if "disk" in name else 0))
 
 
 def _fit(x: Sequence[float], y: Sequence[float], at: float) -> float:
@@ -368,8 +372,6 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
 
     probe_model = copy.deepcopy(model).to(device).train()
     params = sum(p.numel() * p.element_size() for p in probe_model.parameters())
-    # Labels (int64), gradients and optimizer state (momentum) come on top.
-    fixed = 8 * scene_px + 2 * params
     host_budget = default_budget("cpu", margin) if cuda else None
     pixels = [float(s * s) for s in sizes]
     rows: dict[str, list[float]] = {}
@@ -388,7 +390,7 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
             rows.setdefault(name + ":host", []).append(host)
             rows.setdefault(name + ":saved", []).append(saved)
         full = {k: _fit(pixels, rows[k], scene_px / batch) * batch for k in (name, name + ":host", name + ":saved")}
-        needs[name] = int(full[name] + fixed + (max_inflight_bytes if "disk" in name else 0))
+        needs[name] = _need(name, full[name], scene_px, params, max_inflight_bytes)
         fits = needs[name] <= budget and not (cuda and "host" in name and full[name + ":host"] > host_budget)
         if "disk" in name:
             spill[name] = int(full[name + ":saved"])
