@@ -103,23 +103,28 @@ def panels_figure(panels: dict, ncols: int | None = None, title: str = "", size:
 
 
 # --- ECR: margins and the hard region ---------------------------------------------------------
-def margin_histogram_figure(margin: np.ndarray, cut: float, ratio: float, wrong: np.ndarray | None = None,
-                            bins: int = 60, title: str = ""):
-    """Histogram of margins with the hard-region cut; with ``wrong``, wrong pixels stacked apart
-    (they pile up left of the cut: that is why ECR looks there)."""
+def _margin_hist(ax, margin: np.ndarray, cut: float, wrong: np.ndarray | None, bins: int,
+                 legend_size: float | None = None) -> None:
+    """Margins (wrong pixels stacked apart when given) with the cut and the hard side shaded."""
     m = np.asarray(margin, np.float64).ravel()
-    fig = _figure(figsize=(6, 3.2), layout="constrained")
-    ax = fig.add_subplot()
     edges = np.histogram_bin_edges(m, bins=bins)
     if wrong is None:
         ax.hist(m, bins=edges, color="#3b75af")
     else:
         w = np.asarray(wrong, bool).ravel()
-        ax.hist([m[~w], m[w]], bins=edges, stacked=True, color=["#3b75af", "#d62728"],
-                label=["correct", "wrong"])
-        ax.legend(loc="upper right")
+        ax.hist([m[~w], m[w]], bins=edges, stacked=True, color=["#3b75af", "#d62728"], label=["correct", "wrong"])
+        ax.legend(loc="upper right", fontsize=legend_size)
     ax.axvline(cut, color="magenta", lw=2)
     ax.axvspan(edges[0], cut, color="magenta", alpha=0.12)
+
+
+def margin_histogram_figure(margin: np.ndarray, cut: float, ratio: float, wrong: np.ndarray | None = None,
+                            bins: int = 60, title: str = ""):
+    """Histogram of margins with the hard-region cut; with ``wrong``, wrong pixels stacked apart
+    (they pile up left of the cut: that is why ECR looks there)."""
+    fig = _figure(figsize=(6, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    _margin_hist(ax, margin, cut, wrong, bins)
     ax.text(cut, ax.get_ylim()[1] * 0.95, f"  hard: a = {100 * ratio:.0f} %", color="magenta", va="top")
     ax.set_xlabel("margin (top-1 minus top-2 auxiliary logit)")
     ax.set_ylabel("pixels")
@@ -133,16 +138,7 @@ def hard_region_figure(rgb: np.ndarray, margin: np.ndarray, hard: np.ndarray, cu
     the hard region over the image (maps at feature resolution line up with the image)."""
     fig = _figure(figsize=(13, 3.6), layout="constrained")
     ax_h, ax_m, ax_i = fig.subplots(1, 3, width_ratios=[1.4, 1, 1])
-    m = np.asarray(margin, np.float64).ravel()
-    edges = np.histogram_bin_edges(m, bins=bins)
-    if wrong is None or np.shape(wrong) != np.shape(margin):
-        ax_h.hist(m, bins=edges, color="#3b75af")
-    else:
-        w = np.asarray(wrong, bool).ravel()
-        ax_h.hist([m[~w], m[w]], bins=edges, stacked=True, color=["#3b75af", "#d62728"], label=["correct", "wrong"])
-        ax_h.legend(loc="upper right", fontsize=8)
-    ax_h.axvline(cut, color="magenta", lw=2)
-    ax_h.axvspan(edges[0], cut, color="magenta", alpha=0.12)
+    _margin_hist(ax_h, margin, cut, wrong if np.shape(wrong) == np.shape(margin) else None, bins, legend_size=8)
     ax_h.set_xlabel("margin")
     ax_h.set_ylabel("pixels")
     ax_h.set_title(f"cut at margin {cut:.2f} (a = {100 * ratio:.0f} %)", fontsize=9)
