@@ -63,14 +63,9 @@ def crop_box(bbox, shape: tuple[int, int], pad: int = 16, min_size: int = 48) ->
     return y0, x0, y1, x1
 
 
-def region_mask(scene: Scene, region: dict, box: tuple[int, int, int, int], pred: str = "pred",
-                gt: str = "gt") -> np.ndarray:
-    """Pixels of the region's confusion pair inside ``box`` (true class predicted as the other)."""
-    table = scene.label_classes(gt) or scene.classes
-    true_name, pred_name = region["pair"].split("->")
-    y0, x0, y1, x1 = box
-    g = np.asarray(scene.label(gt)[y0:y1, x0:x1])
-    p = np.asarray(scene.label(pred)[y0:y1, x0:x1])
+def region_mask(g: np.ndarray, p: np.ndarray, pair: str, table) -> np.ndarray:
+    """Pixels of confusion ``pair`` ("true->predicted") in crops of gt ``g`` and prediction ``p``."""
+    true_name, pred_name = pair.split("->")
     return (g == table.id_of(true_name)) & (p == table.id_of(pred_name))
 
 
@@ -93,12 +88,13 @@ def region_panels(scene: Scene, region: dict, pred: str = "pred", gt: str = "gt"
     box = crop_box(region["bbox"], (h, w), pad, min_size)
     y0, x0, y1, x1 = box
     win = (slice(y0, y1), slice(x0, x1))
-    mask = region_mask(scene, region, box, pred, gt)
+    g, p = np.asarray(scene.label(gt)[win]), np.asarray(scene.label(pred)[win])  # each crop read once
+    mask = region_mask(g, p, region["pair"], scene.label_classes(gt) or scene.classes)
     panels = {
         "pair": region["pair"], "area": int(region["area"]), "bbox": tuple(region["bbox"]), "box": box,
         "image": scene_rgb(scene, 0, win),
-        "gt": np.asarray(scene.label(gt)[win]),
-        "pred": np.asarray(scene.label(pred)[win]),
+        "gt": g,
+        "pred": p,
         "hard": np.asarray(scene.label("hard")[win]) if "hard" in scene.labels else None,
         "mask": mask,
         "attention": None,
