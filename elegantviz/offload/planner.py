@@ -23,7 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import ElegantvizError
-from .checkpoint import CheckpointHandle, checkpoint_hrnet, find_hrnets
+from .band_model import band_model
+from .checkpoint import checkpoint_hrnet, find_hrnets
 from .hooks import (DEFAULT_THRESHOLD, DiskOffload, HostOffload, _Kept, _nbytes, _OffloadHooks, _Saved,
                     default_spill_root)
 from .meter import MemoryMeter
@@ -40,9 +41,13 @@ _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
 # more, +30-70 % step time here); spilling costs 2-4 GB of disk traffic per megapixel each way,
 # which the page cache hides only while it fits (benchmarks/results/memory.json). Host memory
 # on CUDA overlaps with compute and comes first there.
-POLICY_NAMES = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk")
-_CUDA_ORDER = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk")
-_CPU_ORDER = ("none", "checkpoint", "disk", "checkpoint+disk")
+# Banding (``band``) comes last: its segments run 3-6 passes each, and it is what brings the
+# 3 GB full-resolution maps of a 6800x7200 scene down to one band each.
+POLICY_NAMES = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk", "checkpoint+band",
+                "checkpoint+band+host", "checkpoint+band+disk")
+_CUDA_ORDER = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk", "checkpoint+band",
+               "checkpoint+band+host", "checkpoint+band+disk")
+_CPU_ORDER = ("none", "checkpoint", "disk", "checkpoint+disk", "checkpoint+band", "checkpoint+band+disk")
 
 
 class MemoryBudgetError(ElegantvizError, MemoryError):
@@ -110,9 +115,14 @@ class Policy:
     ``checkpoint_head`` (the default) the context module and the heads, in backward. The heads
     halve what a 6800x7200 step keeps (ElegantSeg-S: 72 -> 36 GiB saved; 48 -> 28 GiB peak
     without spilling) for a few 1x1 convolutions more.
+    ``band``: run the stem, layer1, the heads and the context module band by band instead
+    (:mod:`.band_model`; exact, BatchNorm included), so that their full-resolution maps are never
+    recomputed whole; a band's input is about ``band_bytes``.
     """
 
     checkpoint: bool = False
+    band: bool = False
+    band_bytes: int = 64 << 20
     offload: str = "none"
     checkpoint_head: bool = True
     threshold_bytes: int = DEFAULT_THRESHOLD
@@ -126,18 +136,19 @@ class Policy:
 
     @property
     def name(self) -> str:
-        parts = (["checkpoint"] if self.checkpoint else []) + ([self.offload] if self.offload != "none" else [])
+        parts = (["checkpoint"] if self.checkpoint else []) + (["band"] if self.band else []) + \
+            ([self.offload] if self.offload != "none" else [])
         return "+".join(parts) or "none"
 
     @classmethod
     def from_name(cls, name: str, **kwargs: Any) -> "Policy":
         """``"none"``, ``"checkpoint"``, ``"host"``, ``"disk"``, ``"checkpoint+disk"``, ..."""
         parts = set(name.split("+")) - {"none"}
-        unknown = parts - {"checkpoint", "host", "disk"}
+        unknown = parts - {"checkpoint", "band", "host", "disk"}
         if unknown or {"host", "disk"} <= parts:
             raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
         offload = "host" if "host" in parts else "disk" if "disk" in parts else "none"
-        return cls(checkpoint="checkpoint" in parts, offload=offload, **kwargs)
+        return cls(checkpoint="checkpoint" in parts, band="band" in parts, offload=offload, **kwargs)
 
     def hooks(self, model: nn.Module | None = None, meter: MemoryMeter | None = None) -> _OffloadHooks | None:
         """The saved-tensor hooks of this policy (None for no offload); parameters stay in place."""
@@ -155,16 +166,25 @@ class Policy:
         Backward must run inside: the disk target deletes its spill folder on exit. Checkpoint
         wrappers are installed on entry and removed on exit (the model is unchanged afterwards).
         """
-        handle: CheckpointHandle | None = None
-        if self.checkpoint:
-            handle = checkpoint_hrnet(model, head=self.checkpoint_head)
-        try:
+        with self.wrapped(model):
             hooks = self.hooks(model, meter)
             with hooks if hooks is not None else nullcontext():
                 yield hooks
+
+    @contextmanager
+    def wrapped(self, model: nn.Module) -> Iterator[None]:
+        """The policy's checkpointing and banding installed on ``model``, removed on exit."""
+        handles: list[Any] = []
+        try:
+            if self.band:
+                handles.append(band_model(model, self.band_bytes))
+            if self.checkpoint:
+                handles.append(checkpoint_hrnet(model, stem=not self.band, layer1=not self.band,
+                                                head=self.checkpoint_head and not self.band))
+            yield
         finally:
-            if handle is not None:
-                handle.remove()
+            for h in reversed(handles):
+                h.remove()
 
 
 class _Measure(_OffloadHooks):
@@ -323,13 +343,10 @@ def _dry_run(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[Any], torch.T
         torch.cuda.reset_peak_memory_stats(x.device)
         base = torch.cuda.memory_allocated(x.device)
     live = LiveTensorBytes(model) if not cuda else nullcontext()
-    handle = checkpoint_hrnet(model, head=policy.checkpoint_head) if policy.checkpoint else None
     try:
-        with hooks, live:
+        with policy.wrapped(model), hooks, live:
             loss_fn(model(x, **(forward_kwargs or {}))).backward()
     finally:
-        if handle is not None:
-            handle.remove()
         model.zero_grad(set_to_none=True)
     peak = torch.cuda.max_memory_allocated(x.device) - base if cuda else live.peak
     counters = meter.snapshot()

@@ -1,0 +1,139 @@
+"""Run ElegantSeg's full-resolution segments band by band (:mod:`.banded`) during training.
+
+At 6800x7200 the segments that make 3 GB maps (256-270 channels at stride 4, or 64 at stride 2)
+are HRNet's stem, its layer1 bottlenecks, the auxiliary head with the context module, and the
+main head. :func:`band_model` runs each of them through :func:`.banded.banded`, so that in forward
+and in backward only a segment's input, output and gradients are whole:
+
+- the stem (two stride-2 convolutions; halo 4 input rows);
+- each layer1 block but the last (halo 1), and the last one together with ``transition1``, so that
+  layer1's 256-channel output never exists whole (halo 2);
+- ``aux_and_context`` (the auxiliary FCN head and MLK/LRD share their input, whose gradient is
+  then one map, not two summed);
+- the main head.
+
+HRNet's stage modules are left to the checkpoint policy. Like :mod:`.checkpoint`, patches are
+instance-level ``forward`` attributes, undone by :meth:`BandHandle.remove`; under no-grad the
+model runs as usual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .banded import banded
+from .checkpoint import find_hrnets
+
+__all__ = ["band_model", "BandHandle", "conv_radius"]
+
+
+def conv_radius(module: nn.Module) -> int:
+    """Rows a stride-1 segment reads on each side: the sum of its convolutions' radii (an upper
+    bound where branches run in parallel, which only costs halo)."""
+    radius = 0
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            if m.stride[0] != 1:
+                raise ValueError(f"conv_radius: {type(module).__name__} has a strided convolution")
+            radius += m.dilation[0] * (m.kernel_size[0] - 1) // 2
+    return radius
+
+
+def _stride(module: nn.Module) -> int:
+    s = 1
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            s *= m.stride[0]
+    return s
+
+
+@dataclass
+class BandHandle:
+    """Modules whose ``forward`` :func:`band_model` replaced; ``remove()`` restores them."""
+
+    patched: list[tuple[Any, str]] = field(default_factory=list)
+
+    def patch(self, owner: Any, name: str, fn: Callable) -> None:
+        if name in owner.__dict__:
+            raise RuntimeError(f"band_model: {type(owner).__name__}.{name} is already patched")
+        setattr(owner, name, fn)
+        self.patched.append((owner, name))
+
+    def remove(self) -> None:
+        for owner, name in reversed(self.patched):
+            owner.__dict__.pop(name, None)
+        self.patched.clear()
+
+    def __len__(self) -> int:
+        return len(self.patched)
+
+
+def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callable:
+    blocks = list(body.layer1)
+    last = blocks[-1]
+    trans = list(body.transition1)
+    strides = [_stride(t) for t in trans]
+    stem_modules = [body.conv1, body.bn1, body.act1, body.conv2, body.bn2, body.act2]
+
+    def stem(x: torch.Tensor) -> torch.Tensor:
+        return body.act2(body.bn2(body.conv2(body.act1(body.bn1(body.conv1(x))))))
+
+    def last_block(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y = last(x)
+        return tuple(t(y) for t in trans)
+
+    def forward(x: torch.Tensor) -> list[torch.Tensor]:
+        if not torch.is_grad_enabled():
+            return inner(x)
+        x = banded(stem, x, stem_modules, (4,), 4, band_bytes=band_bytes)
+        for b in blocks[:-1]:
+            x = banded(b, x, [b], (1,), 1, band_bytes=band_bytes)
+        xl = list(banded(last_block, x, [last, *trans], strides, max(2, max(strides)), band_bytes=band_bytes))
+        del x
+        yl = body.stage2(xl)
+        xl = [t(yl[-1]) if not isinstance(t, nn.Identity) else yl[i] for i, t in enumerate(body.transition2)]
+        yl = body.stage3(xl)
+        xl = [t(yl[-1]) if not isinstance(t, nn.Identity) else yl[i] for i, t in enumerate(body.transition3)]
+        yl = body.stage4(xl)
+        if body.incre_modules is not None:
+            yl = [incre(f) for f, incre in zip(yl, body.incre_modules)]
+        return [f for i, f in enumerate(yl) if i + 1 in body._out_idx]
+
+    return forward
+
+
+def band_model(model: nn.Module, band_bytes: int = 64 << 20) -> BandHandle:
+    """Band the full-resolution segments of every timm HRNet in ``model`` and, for an ElegantSeg,
+    its heads and context module. Raises if there is nothing to band."""
+    handle = BandHandle()
+    for body in find_hrnets(model):
+        if 0 in getattr(body, "_out_idx", ()) or not isinstance(body.layer1, nn.Sequential):
+            continue  # the stem's output is itself a feature: leave this network alone
+        handle.patch(body, "forward", _hrnet_forward(body, body.forward, band_bytes))
+    if all(hasattr(model, n) for n in ("aux_head", "context", "head", "aux_and_context")):
+        modules = [model.aux_head, model.context]
+        halo = max(conv_radius(m) for m in modules)
+        plain = model.aux_and_context
+
+        def aux_and_context(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if not torch.is_grad_enabled():
+                return plain(feats)
+            return banded(plain, feats, modules, (1, 1), halo, band_bytes=band_bytes)
+
+        handle.patch(model, "aux_and_context", aux_and_context)
+        head, head_forward = model.head, model.head.forward
+        head_halo = conv_radius(head)
+
+        def head_banded(x: torch.Tensor) -> torch.Tensor:
+            if not torch.is_grad_enabled():
+                return head_forward(x)
+            return banded(head_forward, x, [head], (1,), head_halo, band_bytes=band_bytes)
+
+        handle.patch(head, "forward", head_banded)
+    if not handle:
+        raise ValueError(f"nothing to band in {type(model).__name__}: no timm HRNet or ElegantSeg heads found")
+    return handle

@@ -1,0 +1,368 @@
+"""Exact row-banded forward and backward of local layers, BatchNorm in training mode included.
+
+At 6800x7200 every stride-4 map of 256 channels is 3.1 GB, and HRNet's stem, its layer1
+bottlenecks, the FCN heads and MLK make and save several of them. Checkpointing only moves the
+peak into backward, where the recomputed segment holds them all at once. Here such a segment runs
+band of rows by band of rows (each band with a halo that covers its receptive field), so only
+its input, its output and one band's intermediates are ever whole.
+
+Convolutions, activations and dropout are local, but BatchNorm in training mode is not: its
+batch statistics, and in backward the sums ``sum(dy)`` and ``sum(dy * xhat)`` (which are its
+bias and weight gradients), run over the whole image. So a segment with K such norms runs in
+passes:
+
+- forward: pass k runs every band up to norm k and sums its input over the rows that band owns;
+  the statistics are then known, the running statistics are updated once, as a plain forward
+  would; pass K + 1 writes the output;
+- backward: the norms' gradient sums are found last norm first, one pass each (a band's
+  backward stops at that norm's input); a norm whose sums are known applies the global part of
+  its gradient, ``-w / sigma * (sum(dy) + xhat * sum(dy * xhat)) / N``, on the rows its band
+  owns; a final pass gives the input and parameter gradients.
+
+Each row of every map is owned by exactly one band, and a band's halo rows get no gradient, so
+the result equals the plain forward and backward up to the order of floating-point sums
+(tested against the plain step). ``Dropout2d`` draws its channel mask once, from the same
+random stream in the same way as the plain forward, and every band uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["banded", "Banded", "band_rows"]
+
+_TensorFn = Callable[[torch.Tensor], Any]
+
+
+class _Stop(Exception):
+    """Raised by the norm being measured: the rest of the band's forward is not needed."""
+
+
+@dataclass
+class _State:
+    """What the patched norms and dropouts of one banded call share."""
+
+    mode: str = "stats"  # "stats": measure the first norm without statistics; "run": all known
+    in_rows: int = 0  # rows of the band's input
+    first: int = 0  # the band's first input row (global)
+    own: tuple[int, int] = (0, 0)  # the input rows the band owns (global)
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = field(default_factory=dict)
+    sums: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # norms in the order the forward meets them
+    grad_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    collect: int | None = None  # the norm whose gradient sums this backward pass adds up
+    collected: list[torch.Tensor] | None = None
+    captured: torch.Tensor | None = None  # that norm's input in the current band
+    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def owned(self, t: torch.Tensor) -> tuple[int, int]:
+        """The rows of band tensor ``t`` that this band owns (``t``'s rows relative to the input)."""
+        f = self.in_rows / t.shape[-2]
+        if f != int(f):
+            raise RuntimeError(f"banded: a map of {t.shape[-2]} rows inside a band of {self.in_rows} input rows "
+                               "is not at an integer stride; pad the input to a multiple of the segment's stride")
+        f = int(f)
+        return (self.own[0] - self.first) // f, (self.own[1] - self.first) // f
+
+
+class _FixedNorm(torch.autograd.Function):
+    """BatchNorm with given statistics whose backward adds the global terms once known."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                invstd: torch.Tensor, count: int, state: _State, key: int, rows: tuple[int, int]) -> torch.Tensor:
+        scale = (weight * invstd).to(x.dtype)
+        shift = (bias - mean * weight * invstd).to(x.dtype)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.count, ctx.state, ctx.key, ctx.rows = count, state, key, rows
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple:
+        x, weight, mean, invstd = ctx.saved_tensors
+        state, key = ctx.state, ctx.key
+        view = (1, -1, 1, 1)
+        xhat = (x - mean.view(view).to(x.dtype)) * invstd.view(view).to(x.dtype)
+        dbias = dy.sum((0, 2, 3), dtype=torch.float64)
+        dweight = (dy * xhat).sum((0, 2, 3), dtype=torch.float64)
+        if state.collect == key and state.collected is not None:
+            state.collected[0] += dbias
+            state.collected[1] += dweight
+        dx = dy * (weight * invstd).to(dy.dtype).view(view)
+        known = state.grad_sums.get(key)
+        if known is not None:
+            lo, hi = ctx.rows
+            sb, sw = (s / ctx.count for s in known)
+            coef = (weight.double() * invstd.double())
+            dx[..., lo:hi, :] -= ((coef * sb).view(view) + xhat[..., lo:hi, :].double() * (coef * sw).view(view)
+                                  ).to(dx.dtype)
+        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None, None, None, None
+
+
+def _global_norm(m: nn.Module) -> bool:
+    """A norm whose forward uses batch statistics (global over the image)."""
+    return isinstance(m, _BatchNorm) and (m.training or not m.track_running_stats)
+
+
+def _norm_forward(m: _BatchNorm, state: _State) -> Callable[[torch.Tensor], torch.Tensor]:
+    key = id(m)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        lo, hi = state.owned(x)
+        if key not in state.stats:
+            if state.mode != "stats":
+                raise RuntimeError("banded: a BatchNorm was reached that the statistics passes never met")
+            part = x[..., lo:hi, :].double()
+            sums = state.sums.setdefault(key, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+                                               for _ in range(2)] + [0])
+            sums[0] += part.sum((0, 2, 3))
+            sums[1] += (part * part).sum((0, 2, 3))
+            sums[2] += part.numel() // max(1, x.shape[1])
+            raise _Stop
+        mean, invstd, count = state.stats[key]
+        if state.collect == key:
+            state.captured = x
+        return _FixedNorm.apply(x, m.weight, m.bias, mean, invstd, count, state, key, (lo, hi))
+
+    return forward
+
+
+def _dropout_forward(m: nn.Dropout2d, state: _State) -> Callable[[torch.Tensor], torch.Tensor]:
+    key = id(m)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not m.training or m.p == 0:
+            return x
+        mask = state.masks.get(key)
+        if mask is None:  # the plain forward's draw: one Bernoulli per (image, channel), scaled
+            mask = F.dropout2d(x.new_ones(x.shape[0], x.shape[1], 1, 1), m.p, True)
+            state.masks[key] = mask
+        return x * mask
+
+    return forward
+
+
+def _finish_stats(state: _State, norms: dict[int, _BatchNorm]) -> None:
+    """Turn the summed input of the norm just measured into statistics; update its running ones."""
+    (key, (s1, s2, n)), = state.sums.items()
+    state.sums.clear()
+    m = norms[key]
+    mean = s1 / n
+    var = (s2 / n - mean * mean).clamp_min(0)
+    state.stats[key] = (mean, torch.rsqrt(var + m.eps), n)
+    state.order.append(key)
+    if m.training and m.track_running_stats:
+        with torch.no_grad():
+            m.num_batches_tracked += 1
+            factor = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
+            unbiased = var * n / max(1, n - 1)
+            m.running_mean.mul_(1 - factor).add_(mean.to(m.running_mean.dtype), alpha=factor)
+            m.running_var.mul_(1 - factor).add_(unbiased.to(m.running_var.dtype), alpha=factor)
+
+
+def band_rows(height: int, row_bytes: int, halo: int, unit: int, band_bytes: int = 64 << 20) -> int:
+    """Input rows per band: about ``band_bytes`` of the widest map per band, at least 4 halos, a
+    multiple of ``unit`` (the segment's coarsest stride)."""
+    rows = max(band_bytes // max(1, row_bytes), 4 * halo, unit)
+    rows = -(-rows // unit) * unit
+    return min(rows, -(-height // unit) * unit)
+
+
+class Banded:
+    """Runs ``fn`` (a local segment: convolutions, activations, BatchNorm, Dropout2d) in bands.
+
+    ``strides``: input rows per output row for each output of ``fn``; ``halo``: input rows a band
+    reads beyond its own on each side (at least the segment's receptive-field radius, a multiple
+    of the coarsest stride); ``rows``: input rows per band (a multiple of the coarsest stride).
+    """
+
+    def __init__(self, fn: _TensorFn, modules: Sequence[nn.Module], strides: Sequence[int], halo: int,
+                 rows: int | None = None, band_bytes: int = 64 << 20):
+        self.fn = fn
+        self.modules = list(modules)
+        self.strides = tuple(int(s) for s in strides)
+        self.unit = max(self.strides)
+        if halo % self.unit:
+            raise ValueError(f"halo {halo} must be a multiple of the coarsest stride {self.unit}")
+        self.halo = int(halo)
+        self.rows = rows
+        self.band_bytes = band_bytes
+        self.params = list({id(p): p for mod in self.modules for p in mod.parameters()}.values())
+
+    # -- bands ---------------------------------------------------------------------------------
+    def bands(self, x: torch.Tensor) -> list[tuple[int, int, int, int]]:
+        """(first, last, own_lo, own_hi) input rows per band."""
+        h = x.shape[-2]
+        if h % self.unit:
+            raise ValueError(f"banded: input height {h} is not a multiple of the segment's stride {self.unit}")
+        row_bytes = x[..., :1, :].numel() * x.element_size()
+        rows = self.rows or band_rows(h, row_bytes * self.unit, self.halo, self.unit, self.band_bytes)
+        out = []
+        for lo in range(0, h, rows):
+            hi = min(h, lo + rows)
+            out.append((max(0, lo - self.halo), min(h, hi + self.halo), lo, hi))
+        return out
+
+    def _run_band(self, x: torch.Tensor, band: tuple[int, int, int, int], state: _State) -> tuple:
+        first, last, lo, hi = band
+        state.first, state.in_rows, state.own = first, last - first, (lo, hi)
+        out = self.fn(x[..., first:last, :])
+        outs = out if isinstance(out, tuple) else (out,)
+        if len(outs) != len(self.strides):
+            raise RuntimeError(f"banded: the segment returned {len(outs)} outputs for {len(self.strides)} strides")
+        return tuple(o[..., (lo - first) // s:(hi - first) // s, :] for o, s in zip(outs, self.strides))
+
+    # -- patching ------------------------------------------------------------------------------
+    def _patch(self, state: _State) -> tuple[dict[int, _BatchNorm], list[nn.Module]]:
+        norms: dict[int, _BatchNorm] = {}
+        patched: list[nn.Module] = []
+        for mod in self.modules:
+            for m in mod.modules():
+                if "forward" in m.__dict__:
+                    continue
+                if _global_norm(m):
+                    if m.weight is None:
+                        raise ValueError("banded: BatchNorm without affine parameters is not supported")
+                    norms[id(m)] = m
+                    m.forward = _norm_forward(m, state)
+                elif isinstance(m, nn.Dropout2d):
+                    m.forward = _dropout_forward(m, state)
+                elif isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout3d, nn.AlphaDropout)) and m.training \
+                        and m.p > 0:
+                    raise ValueError(f"banded: {type(m).__name__} draws per pixel and cannot be banded exactly")
+                else:
+                    continue
+                patched.append(m)
+        return norms, patched
+
+    @staticmethod
+    def _unpatch(patched: list[nn.Module]) -> None:
+        for m in patched:
+            del m.forward
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], _State]:
+        state = _State()
+        norms, patched = self._patch(state)
+        bands = self.bands(x)
+        try:
+            with torch.no_grad():
+                for _ in range(len(norms) + 1):
+                    outs: list[torch.Tensor] | None = None
+                    for band in bands:
+                        try:
+                            parts = self._run_band(x, band, state)
+                        except _Stop:
+                            continue
+                        if outs is None:
+                            outs = [self._empty_like_full(p, x.shape[-2] // s) for p, s in zip(parts, self.strides)]
+                        for o, p, s in zip(outs, parts, self.strides):
+                            o[..., band[2] // s:band[3] // s, :] = p
+                    if state.sums:
+                        _finish_stats(state, norms)
+                    elif outs is not None:
+                        state.mode = "run"
+                        return tuple(outs), state
+            raise RuntimeError("banded: the segment's forward did not finish")  # pragma: no cover
+        finally:
+            self._unpatch(patched)
+
+    @staticmethod
+    def _empty_like_full(part: torch.Tensor, rows: int) -> torch.Tensor:
+        shape = (*part.shape[:-2], rows, part.shape[-1])
+        fmt = torch.channels_last if part.ndim == 4 and part.is_contiguous(memory_format=torch.channels_last) \
+            and not part.is_contiguous() else torch.contiguous_format
+        return torch.empty(shape, dtype=part.dtype, device=part.device, memory_format=fmt)
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, x: torch.Tensor, state: _State, grads: Sequence[torch.Tensor | None],
+                 input_grad: bool) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        _, patched = self._patch(state)
+        bands = self.bands(x)
+        params = [p for p in self.params if p.requires_grad]
+        try:
+            for key in reversed(state.order):  # each norm's gradient sums, last norm first
+                state.collect = key
+                state.collected = [torch.zeros_like(state.stats[key][0], dtype=torch.float64) for _ in range(2)]
+                for band in bands:
+                    with torch.enable_grad(), _plain_saves():
+                        outs, gouts = self._band_outputs(x, band, state, grads, band[2:])
+                        if outs and state.captured is not None and state.captured.requires_grad:
+                            torch.autograd.grad(outs, [state.captured], gouts, allow_unused=True)
+                    state.captured = None
+                state.grad_sums[key] = (state.collected[0], state.collected[1])
+            state.collect, state.collected = None, None
+            gx = torch.zeros_like(x) if input_grad else None
+            gparams: list[torch.Tensor | None] = [None] * len(params)
+            for first, last, lo, hi in bands:
+                xb = x[..., first:last, :].detach().requires_grad_(input_grad)
+                with torch.enable_grad(), _plain_saves():
+                    outs, gouts = self._band_outputs(xb, (0, last - first, lo - first, hi - first), state, grads,
+                                                     (lo, hi))
+                    wrt = ([xb] if input_grad else []) + params
+                    if not outs or not wrt:
+                        continue
+                    got = list(torch.autograd.grad(outs, wrt, gouts, allow_unused=True))
+                if input_grad:
+                    g = got.pop(0)
+                    if g is not None:
+                        gx[..., first:last, :] += g
+                gparams = [g if acc is None else acc if g is None else acc + g for acc, g in zip(gparams, got)]
+            return gx, gparams
+        finally:
+            self._unpatch(patched)
+
+    def _band_outputs(self, x: torch.Tensor, band: tuple[int, int, int, int], state: _State,
+                      grads: Sequence[torch.Tensor | None], rows: tuple[int, int]) -> tuple[list, list]:
+        """The band's own output rows that receive a gradient, and those gradients (``rows``: the
+        band's own input rows in the full image)."""
+        parts = self._run_band(x, band, state)
+        outs, gouts = [], []
+        for p, g, s in zip(parts, grads, self.strides):
+            if g is not None and p.requires_grad:
+                outs.append(p)
+                gouts.append(g[..., rows[0] // s:rows[1] // s, :])
+        return outs, gouts
+
+
+def _plain_saves() -> torch.autograd.graph.saved_tensors_hooks:
+    """Keep a band's saved tensors in memory even inside an offload context: the band is small, and
+    spilling it would write every band to disk once per pass. (Detached, so that a saved output
+    does not hold its own graph node.)"""
+    return torch.autograd.graph.saved_tensors_hooks(lambda t: t.detach(), lambda t: t)
+
+
+class _BandedFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, runner: Banded, x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs, state = runner.forward(x)
+        ctx.runner, ctx.state = runner, state
+        ctx.save_for_backward(x)
+        return outs
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple:
+        (x,) = ctx.saved_tensors
+        runner: Banded = ctx.runner
+        gx, gparams = runner.backward(x, ctx.state, grads, ctx.needs_input_grad[1])
+        by_param = {id(p): g for p, g in zip([p for p in runner.params if p.requires_grad], gparams)}
+        return (None, gx, *(by_param.get(id(p)) for p in runner.params))
+
+
+def banded(fn: _TensorFn, x: torch.Tensor, modules: Sequence[nn.Module], strides: Sequence[int] = (1,),
+           halo: int = 0, rows: int | None = None, band_bytes: int = 64 << 20) -> Any:
+    """``fn(x)`` computed band by band (forward and backward); see :class:`Banded`.
+
+    ``modules`` are the modules ``fn`` uses (their parameters get gradients, their BatchNorms and
+    Dropout2d are run as described in the module docstring). Returns what ``fn`` returns.
+    Without grad (or with nothing requiring it) the bands still bound the memory.
+    """
+    runner = Banded(fn, modules, strides, halo, rows, band_bytes)
+    outs = _BandedFn.apply(runner, x, *runner.params)
+    return outs if len(runner.strides) > 1 else outs[0]
