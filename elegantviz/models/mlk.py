@@ -104,6 +104,8 @@ class MLK(nn.Module):
         ))
         self.expand = nn.Conv2d(hidden_channels, out_channels, 1)
         self.out_channels = out_channels
+        # Pixels an output reads on each side: per unit the 5x5 and, in parallel, the largest kernel.
+        self.radius = num_units * (2 + max(kernel_sizes) // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.expand(self.units(self.act(self.reduce(x))))

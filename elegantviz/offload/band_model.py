@@ -32,8 +32,10 @@ __all__ = ["band_model", "BandHandle", "conv_radius"]
 
 
 def conv_radius(module: nn.Module) -> int:
-    """Rows a stride-1 segment reads on each side: the sum of its convolutions' radii (an upper
-    bound where branches run in parallel, which only costs halo)."""
+    """Rows a stride-1 segment reads on each side: its ``radius`` attribute (MLK, LRD), else the
+    sum of its convolutions' radii (an upper bound where branches run in parallel)."""
+    if isinstance(getattr(module, "radius", None), int):
+        return module.radius
     radius = 0
     for m in module.modules():
         if isinstance(m, nn.Conv2d):

@@ -35,6 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .hooks import drop_file_pages, file_backed
+
 __all__ = ["banded", "Banded", "band_rows"]
 
 _TensorFn = Callable[[torch.Tensor], Any]
@@ -286,34 +288,44 @@ class Banded:
         _, patched = self._patch(state)
         bands = self.bands(x)
         params = [p for p in self.params if p.requires_grad]
+        # x read back from a spill file: give each band's pages back once the next band starts
+        spilled = file_backed(x)
+        ends = [b[0] for b in bands[1:]] + [x.shape[-2]]
+
+        def done(i: int) -> None:
+            if spilled:
+                drop_file_pages(x, bands[i][0], ends[i])
+
         try:
             for key in reversed(state.order):  # each norm's gradient sums, last norm first
                 state.collect = key
                 state.collected = [torch.zeros_like(state.stats[key][0], dtype=torch.float64) for _ in range(2)]
-                for band in bands:
+                for i, band in enumerate(bands):
                     with torch.enable_grad(), _plain_saves():
                         outs, gouts = self._band_outputs(x, band, state, grads, band[2:])
                         if outs and state.captured is not None and state.captured.requires_grad:
                             torch.autograd.grad(outs, [state.captured], gouts, allow_unused=True)
                     state.captured = None
+                    done(i)
                 state.grad_sums[key] = (state.collected[0], state.collected[1])
             state.collect, state.collected = None, None
             gx = torch.zeros_like(x) if input_grad else None
             gparams: list[torch.Tensor | None] = [None] * len(params)
-            for first, last, lo, hi in bands:
+            for i, (first, last, lo, hi) in enumerate(bands):
                 xb = x[..., first:last, :].detach().requires_grad_(input_grad)
                 with torch.enable_grad(), _plain_saves():
                     outs, gouts = self._band_outputs(xb, (0, last - first, lo - first, hi - first), state, grads,
                                                      (lo, hi))
                     wrt = ([xb] if input_grad else []) + params
-                    if not outs or not wrt:
-                        continue
-                    got = list(torch.autograd.grad(outs, wrt, gouts, allow_unused=True))
+                    got = list(torch.autograd.grad(outs, wrt, gouts, allow_unused=True)) if outs and wrt \
+                        else [None] * len(wrt)
                 if input_grad:
                     g = got.pop(0)
                     if g is not None:
                         gx[..., first:last, :] += g
                 gparams = [g if acc is None else acc if g is None else acc + g for acc, g in zip(gparams, got)]
+                del xb, got
+                done(i)
             return gx, gparams
         finally:
             self._unpatch(patched)
