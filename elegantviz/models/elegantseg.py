@@ -98,12 +98,6 @@ class ElegantSeg(nn.Module):
         up = F.interpolate(logits, size=(h * s, w * s), mode="bilinear", align_corners=False)
         return up[..., : size[0], : size[1]]
 
-    def aux_and_context(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The auxiliary logits and the context module's output: both read only the backbone
-        features, so a memory policy can run them as one segment (and the features are then
-        dropped in forward)."""
-        return self.aux_head(feats), self.context(feats)
-
     def forward(self, images: torch.Tensor, return_evidence: bool = False, upsample: bool = True) -> SegOutput:
         """``upsample=False`` returns the logits at the output stride: the BAE loss upsamples them
         band by band itself, which at scene size saves two input-size x classes maps and their
@@ -111,7 +105,10 @@ class ElegantSeg(nn.Module):
         size = images.shape[-2:]
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        aux, x = self.aux_and_context(self.backbone(images))
+        feats = self.backbone(images)
+        aux = self.aux_head(feats)
+        x = self.context(feats)
+        del feats  # 3 GB at 6800x7200: what backward needs of it is saved (or spilled) already
         evidence = None
         if self.ecr is not None:
             x, evidence = self.ecr(x, aux, return_evidence)

@@ -8,9 +8,8 @@ and in backward only a segment's input, output and gradients are whole:
 - the stem (two stride-2 convolutions; halo 4 input rows);
 - each layer1 block but the last (halo 1), and the last one together with ``transition1``, so that
   layer1's 256-channel output never exists whole (halo 2);
-- ``aux_and_context`` (the auxiliary FCN head and MLK/LRD share their input, whose gradient is
-  then one map, not two summed);
-- the main head.
+- the auxiliary head, the context module (MLK/LRD) and the main head (a model's ``aux_head``,
+  ``context`` and ``head``).
 
 HRNet's stage modules are left to the checkpoint policy. Like :mod:`.checkpoint`, patches are
 instance-level ``forward`` attributes, undone by :meth:`BandHandle.remove`; under no-grad the
@@ -108,6 +107,17 @@ def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callabl
     return forward
 
 
+def _banded_forward(module: nn.Module, band_bytes: int) -> Callable:
+    plain, halo = module.forward, conv_radius(module)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return plain(x)
+        return banded(plain, x, [module], (1,), halo, band_bytes=band_bytes)
+
+    return forward
+
+
 def band_model(model: nn.Module, band_bytes: int = 64 << 20) -> BandHandle:
     """Band the full-resolution segments of every timm HRNet in ``model`` and, for an ElegantSeg,
     its heads and context module. Raises if there is nothing to band."""
@@ -116,26 +126,10 @@ def band_model(model: nn.Module, band_bytes: int = 64 << 20) -> BandHandle:
         if 0 in getattr(body, "_out_idx", ()) or not isinstance(body.layer1, nn.Sequential):
             continue  # the stem's output is itself a feature: leave this network alone
         handle.patch(body, "forward", _hrnet_forward(body, body.forward, band_bytes))
-    if all(hasattr(model, n) for n in ("aux_head", "context", "head", "aux_and_context")):
-        modules = [model.aux_head, model.context]
-        halo = max(conv_radius(m) for m in modules)
-        plain = model.aux_and_context
-
-        def aux_and_context(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            if not torch.is_grad_enabled():
-                return plain(feats)
-            return banded(plain, feats, modules, (1, 1), halo, band_bytes=band_bytes)
-
-        handle.patch(model, "aux_and_context", aux_and_context)
-        head, head_forward = model.head, model.head.forward
-        head_halo = conv_radius(head)
-
-        def head_banded(x: torch.Tensor) -> torch.Tensor:
-            if not torch.is_grad_enabled():
-                return head_forward(x)
-            return banded(head_forward, x, [head], (1,), head_halo, band_bytes=band_bytes)
-
-        handle.patch(head, "forward", head_banded)
+    for name in ("aux_head", "context", "head"):
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module) and "forward" not in module.__dict__:
+            handle.patch(module, "forward", _banded_forward(module, band_bytes))
     if not handle:
         raise ValueError(f"nothing to band in {type(model).__name__}: no timm HRNet or ElegantSeg heads found")
     return handle
