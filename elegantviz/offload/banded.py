@@ -62,6 +62,7 @@ class _State:
     collected: list[torch.Tensor] | None = None
     captured: torch.Tensor | None = None  # that norm's input in the current band
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    met: set[int] = field(default_factory=set)  # norms met so far in the current band
 
     def owned(self, t: torch.Tensor) -> tuple[int, int]:
         """The rows of band tensor ``t`` that this band owns (``t``'s rows relative to the input)."""
@@ -116,6 +117,10 @@ def _norm_forward(m: _BatchNorm, state: _State) -> Callable[[torch.Tensor], torc
     key = id(m)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if key in state.met:  # its statistics and gradient sums would be those of two calls
+            raise ValueError(f"banded: {type(m).__name__} {tuple(m.weight.shape)} is called twice in one forward "
+                             "of the segment, which banding cannot reproduce; give each call its own module")
+        state.met.add(key)
         lo, hi = state.owned(x)
         if key not in state.stats:
             if state.mode != "stats":
@@ -214,6 +219,7 @@ class Banded:
     def _run_band(self, x: torch.Tensor, band: tuple[int, int, int, int], state: _State) -> tuple:
         first, last, lo, hi = band
         state.first, state.in_rows, state.own = first, last - first, (lo, hi)
+        state.met.clear()
         out = self.fn(x[..., first:last, :])
         outs = out if isinstance(out, tuple) else (out,)
         if len(outs) != len(self.strides):

@@ -624,7 +624,10 @@ class DiskOffload(_OffloadHooks):
         host = src.cpu() if src.is_cuda else src
         nbytes = _nbytes(host)
         p = _OnDisk(self.folder / f"{rec.index:06d}.bin", nbytes, self.meter)
-        if self._writer is None:
+        if self._writer is None or nbytes > self.max_inflight_bytes:
+            # A tensor over the in-flight limit is written now: queued, it would stay in memory
+            # next to the maps the following layers allocate (3 GB each at 6800x7200).
+            self._wait_inflight(self.max_inflight_bytes)
             self._write(p, host)
             return p
         self._wait_inflight(nbytes)

@@ -117,7 +117,8 @@ class Policy:
     without spilling) for a few 1x1 convolutions more.
     ``band``: run the stem, layer1, the heads and the context module band by band instead
     (:mod:`.band_model`; exact, BatchNorm included), so that their full-resolution maps are never
-    recomputed whole; a band's input is about ``band_bytes``.
+    recomputed whole (a band's input is about ``band_bytes``); HRNet's modules are then
+    checkpointed block by block, not whole.
     """
 
     checkpoint: bool = False
@@ -180,7 +181,7 @@ class Policy:
                 handles.append(band_model(model, self.band_bytes))
             if self.checkpoint:
                 handles.append(checkpoint_hrnet(model, stem=not self.band, layer1=not self.band,
-                                                head=self.checkpoint_head and not self.band))
+                                                head=self.checkpoint_head and not self.band, blocks=self.band))
             yield
         finally:
             for h in reversed(handles):
