@@ -59,7 +59,7 @@ class OptimConfig:
 
 @dataclass
 class MemoryConfig:
-    policy: str = "auto"  # auto | none | checkpoint | disk | checkpoint+disk | host
+    policy: str = "auto"  # auto | none | checkpoint | disk | checkpoint+disk | checkpoint+band(+disk) | host
     budget: str | None = None  # e.g. 12GB; default: free memory with a margin
     spill_dir: str | None = None
     threshold: str = "1MiB"  # smaller saved tensors stay where they are

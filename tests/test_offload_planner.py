@@ -60,7 +60,7 @@ def test_plan_picks_cheapest_fitting_policy_and_refuses_clearly(net):
     big = plan(net, shape, "1TB", "cpu", sizes=(64, 96), evaluate_all=True)
     assert big.policy.name == "none"
     needs = big.needs
-    assert set(needs) == {"none", "disk", "checkpoint", "checkpoint+disk"}
+    assert set(needs) == {"none", "disk", "checkpoint", "checkpoint+disk", "checkpoint+band", "checkpoint+band+disk"}
     assert needs["none"] > needs["checkpoint"] and needs["none"] > needs["disk"]
     lean = min(needs.values())
     # a budget between the policies (dry-run peaks at 64/96 px vary by up to a third between runs)

@@ -118,7 +118,7 @@ class Policy:
     ``band``: run the stem, layer1, the heads and the context module band by band instead
     (:mod:`.band_model`; exact, BatchNorm included), so that their full-resolution maps are never
     recomputed whole (a band's input is about ``band_bytes``); HRNet's modules are then
-    checkpointed block by block, not whole.
+    checkpointed with their blocks nested inside.
     """
 
     checkpoint: bool = False
@@ -360,7 +360,7 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
          candidates: Sequence[str] | None = None, loss_fn: Callable[[Any], torch.Tensor] | None = None,
          threshold_bytes: int = DEFAULT_THRESHOLD, spill_dir: str | None = None,
          max_inflight_bytes: int = 64 << 20, margin: float = 0.8, evaluate_all: bool = False,
-         forward_kwargs: dict | None = None) -> Plan:
+         forward_kwargs: dict | None = None, band_bytes: int = 64 << 20) -> Plan:
     """Pick the cheapest policy whose predicted peak for ``batch`` scenes of ``sample_shape``
     ``(c, h, w)`` fits ``budget_bytes`` (default: free memory times ``margin``).
 
@@ -400,10 +400,12 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
     for name in order:
         for s in sizes:
             # A tensor of n bytes here has n * scene_px / px bytes at full size: classify it as such.
-            thr = max(1, int(threshold_bytes * s * s / scene_px))
+            # Bands likewise: the same fraction of the image per band as at full size.
+            scale = s * s * batch / scene_px
             x = torch.randn(1, c, s, s, device=device)
             peak, host, saved = _dry_run(probe_model, x, loss_fn, Policy.from_name(
-                name, threshold_bytes=thr, spill_dir=spill_dir, max_inflight_bytes=0), forward_kwargs)
+                name, threshold_bytes=max(1, int(threshold_bytes * scale)), spill_dir=spill_dir,
+                max_inflight_bytes=0, band_bytes=max(1024, int(band_bytes * scale))), forward_kwargs)
             rows.setdefault(name, []).append(peak + _nbytes(x))
             rows.setdefault(name + ":host", []).append(host)
             rows.setdefault(name + ":saved", []).append(saved)
@@ -424,7 +426,7 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
                 "max_inflight_bytes": max_inflight_bytes, "spill_bytes": spill, "disk_free_bytes": disk_free}
     if chosen is not None:
         pol = Policy.from_name(chosen, threshold_bytes=threshold_bytes, spill_dir=spill_dir,
-                               max_inflight_bytes=max_inflight_bytes)
+                               max_inflight_bytes=max_inflight_bytes, band_bytes=band_bytes)
         return Plan(pol, budget, needs, scene_px, {k: v / mpx for k, v in needs.items()}, measured)
     leanest = min(needs, key=needs.get)
     rows_txt = ", ".join(f"{k} {format_size(v)}" for k, v in needs.items())
