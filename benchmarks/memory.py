@@ -14,7 +14,7 @@ skipped and listed with the reason.
 Writes benchmarks/results/memory.json (rewritten after every configuration). One real step of a
 whole 6800x7200 scene under one policy (tens of minutes here; its JSON on the last line):
 
-    nice .venv/bin/python benchmarks/memory.py --one --size 6800 --width 7200 --policy checkpoint+disk \
+    nice .venv/bin/python benchmarks/memory.py --one --size 6800 --width 7200 --policy checkpoint+band+disk \
         --threads 2 --mmap-threshold 1048576 > benchmarks/results/memory_6800x7200.log 2>&1
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "memory.json"
-POLICIES = ("none", "checkpoint", "disk", "checkpoint+disk")
+POLICIES = ("none", "checkpoint", "disk", "checkpoint+disk", "checkpoint+band+disk")
 PAPER_GB_PER_MPX = 117 / (6800 * 7200 / 1e6)
 
 

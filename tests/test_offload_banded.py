@@ -22,7 +22,7 @@ from elegantviz.models.mlk import MLK
 from elegantviz.offload import LiveTensorBytes, Policy
 from elegantviz.offload.band_model import band_model, conv_radius
 from elegantviz.offload.banded import Banded, banded
-from elegantviz.offload.hooks import drop_file_pages, file_backed
+from elegantviz.offload.pages import drop_file_pages, file_backed
 from elegantviz.offload.meter import current_rss
 
 timm = pytest.importorskip("timm")

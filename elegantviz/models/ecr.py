@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..autocast import no_autocast
+from ..offload.pages import drop_file_pages, file_backed
 
 __all__ = ["ECR", "Evidence", "AttentionNorm", "logit_margin", "select_hard", "num_hard", "efficient_attention",
            "CONTEXT_CHUNKS"]
@@ -145,6 +146,7 @@ class _KeyContext(torch.autograd.Function):
         top, total = stats if stats else (None, None)
         n_pos = feats.shape[-1]
         out = torch.empty_like(feats)
+        spilled = file_backed(feats)  # read back from disk: give each slice's pages back when done
         with no_autocast(feats):
             grad = grad.to(context.dtype)
             row = (grad * context).sum(dim=2, keepdim=True) if ctx.norm == "softmax" else None
@@ -156,6 +158,8 @@ class _KeyContext(torch.autograd.Function):
                 g = torch.bmm(grad.transpose(1, 2), k)
                 g += k * (gk - row) if row is not None else gk / math.sqrt(n_pos)
                 out[..., start: start + f.shape[-1]] = g
+                if spilled:
+                    drop_file_pages(feats, start, start + f.shape[-1], dim=-1)
                 start += f.shape[-1]
         return out, None
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .hooks import drop_file_pages, file_backed
+from .pages import drop_file_pages, file_backed
 
 __all__ = ["banded", "Banded", "band_rows"]
 

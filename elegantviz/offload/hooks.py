@@ -41,8 +41,7 @@ from typing import Any, Iterable
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-__all__ = ["HostOffload", "DiskOffload", "PinnedPool", "DEFAULT_THRESHOLD", "default_spill_root", "drop_file_pages",
-           "file_backed"]
+__all__ = ["HostOffload", "DiskOffload", "PinnedPool", "DEFAULT_THRESHOLD", "default_spill_root"]
 
 DEFAULT_THRESHOLD = 1 << 20  # 1 MiB: below this the bookkeeping costs more than it saves
 _SPILL_ENV = "ELEGANTVIZ_SPILL_DIR"
@@ -51,63 +50,6 @@ _SPILL_ENV = "ELEGANTVIZ_SPILL_DIR"
 def default_spill_root() -> str:
     """``$ELEGANTVIZ_SPILL_DIR`` or the system temp folder."""
     return os.environ.get(_SPILL_ENV) or tempfile.gettempdir()
-
-
-def _file_mapping(addr: int) -> tuple[int, int] | None:
-    """The (start, end) of the file-backed mapping of this process that holds ``addr``, if any."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                fields = line.split()
-                lo, hi = (int(v, 16) for v in fields[0].split("-"))
-                if lo <= addr < hi:
-                    return (lo, hi) if len(fields) >= 6 and fields[5].startswith("/") else None
-    except OSError:
-        return None
-    return None
-
-
-def file_backed(t: torch.Tensor) -> bool:
-    """Whether ``t`` lives in a file mapping (e.g. read back by :class:`DiskOffload`)."""
-    return t.device.type == "cpu" and t.numel() > 0 and _file_mapping(t.data_ptr()) is not None
-
-
-def drop_file_pages(t: torch.Tensor, first: int, last: int) -> bool:
-    """Unmap the pages of rows ``[first, last)`` (dim -2) of a spilled tensor read back from disk.
-
-    A tensor that :class:`DiskOffload` brings back is a private mapping of its spill file: every
-    page read stays in this process's RSS until the whole tensor dies, so reading a 3 GB saved map
-    band by band ends with all of it resident. ``MADV_DONTNEED`` gives those pages back (the page
-    cache keeps them while memory allows; a later read maps them again). Only for a file mapping
-    (on anonymous memory it would zero the data) whose rows are contiguous (channels_last, or one
-    channel); False when nothing was dropped.
-    """
-    if t.device.type != "cpu" or t.ndim < 2 or t.numel() == 0 or not hasattr(os, "sysconf"):
-        return False
-    row = t.stride(-2)
-    expect = 1  # the other dimensions must tile one row densely
-    for st, n in sorted((t.stride(d), t.shape[d]) for d in range(t.ndim) if d != t.ndim - 2 and t.shape[d] > 1):
-        if st != expect:
-            return False
-        expect *= n
-    if expect != row:
-        return False
-    esize = t.element_size()
-    start = t.data_ptr() + first * row * esize
-    end = t.data_ptr() + last * row * esize
-    mapping = _file_mapping(t.data_ptr())
-    if mapping is None:
-        return False
-    page = os.sysconf("SC_PAGE_SIZE")
-    start = max(-(-start // page) * page, mapping[0])
-    end = min(end // page * page, mapping[1])
-    if end <= start:
-        return False
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    madv_dontneed = 4
-    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), madv_dontneed) == 0
 
 
 def _nbytes(t: torch.Tensor) -> int:

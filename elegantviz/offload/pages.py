@@ -1,0 +1,74 @@
+"""Give back the pages of a spilled tensor that has been read (RSS, not correctness).
+
+A tensor that :class:`.hooks.DiskOffload` brings back for backward is a private mapping of its
+spill file, and every page read stays resident until the whole tensor dies. Code that reads such
+a tensor slice by slice (the banded segments, ECR's key context) drops each slice once done, so
+a 3 GB saved map costs one slice of RSS, not 3 GB.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["file_backed", "drop_file_pages"]
+
+
+def _file_mapping(addr: int) -> tuple[int, int] | None:
+    """The (start, end) of the file-backed mapping of this process that holds ``addr``, if any."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split()
+                lo, hi = (int(v, 16) for v in fields[0].split("-"))
+                if lo <= addr < hi:
+                    return (lo, hi) if len(fields) >= 6 and fields[5].startswith("/") else None
+    except OSError:
+        return None
+    return None
+
+
+def file_backed(t: torch.Tensor) -> bool:
+    """Whether ``t`` lives in a file mapping (e.g. read back by :class:`DiskOffload`)."""
+    return t.device.type == "cpu" and t.numel() > 0 and _file_mapping(t.data_ptr()) is not None
+
+
+def drop_file_pages(t: torch.Tensor, first: int, last: int, dim: int = -2) -> bool:
+    """Unmap the pages of ``[first, last)`` along ``dim`` (rows by default) of a spilled tensor
+    read back from disk.
+
+    A tensor that :class:`DiskOffload` brings back is a private mapping of its spill file: every
+    page read stays in this process's RSS until the whole tensor dies, so reading a 3 GB saved map
+    band by band ends with all of it resident. ``MADV_DONTNEED`` gives those pages back (the page
+    cache keeps them while memory allows; a later read maps them again). Only for a file mapping
+    (on anonymous memory it would zero the data) whose slices along ``dim`` are contiguous (rows of
+    a channels_last map, positions of its flattened (n, d, N) view); False when nothing was dropped.
+    """
+    if t.device.type != "cpu" or t.ndim < 2 or t.numel() == 0 or not hasattr(os, "sysconf"):
+        return False
+    dim = dim % t.ndim
+    row = t.stride(dim)
+    expect = 1  # the other dimensions must tile one slice along dim densely
+    for st, n in sorted((t.stride(d), t.shape[d]) for d in range(t.ndim) if d != dim and t.shape[d] > 1):
+        if st != expect:
+            return False
+        expect *= n
+    if expect != row:
+        return False
+    esize = t.element_size()
+    start = t.data_ptr() + first * row * esize
+    end = t.data_ptr() + last * row * esize
+    mapping = _file_mapping(t.data_ptr())
+    if mapping is None:
+        return False
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = max(-(-start // page) * page, mapping[0])
+    end = min(end // page * page, mapping[1])
+    if end <= start:
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    madv_dontneed = 4
+    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), madv_dontneed) == 0
