@@ -96,6 +96,27 @@ def test_memory_policies_train_exactly_like_the_plain_step(scenes, tmp_path, pol
         assert stats["spilled_disk_bytes"] > 0 and not any((tmp_path / "spill").iterdir())
 
 
+def test_band_policy_trains_like_the_plain_step(scenes, tmp_path):
+    """Banding sums in another order: the same update up to float32 rounding (exactness itself is
+    tested in float64 in test_offload_banded)."""
+    start = Trainer(small_config(scenes, tmp_path / "start", iters=1), progress=False).model.state_dict()
+    start = {k: v.clone() for k, v in start.items()}
+    plain = Trainer(small_config(scenes, tmp_path / "plain", iters=1), progress=False)
+    plain.step()
+    cfg = small_config(scenes, tmp_path / "band", iters=1)
+    cfg.memory.policy = "checkpoint+band+disk"
+    cfg.memory.spill_dir, cfg.memory.threshold = str(tmp_path / "spill"), "1KiB"
+    band = Trainer(cfg, progress=False)
+    assert band.policy.band and band.policy.offload == "disk"
+    band.step()
+    names = [n for n, p in plain.model.named_parameters()]
+    moved_plain = torch.cat([(plain.model.state_dict()[n] - start[n]).flatten() for n in names])
+    moved_band = torch.cat([(band.model.state_dict()[n] - start[n]).flatten() for n in names])
+    assert moved_plain.norm() > 0
+    assert (moved_band - moved_plain).norm() < 1e-3 * moved_plain.norm()
+    assert band.meter.as_dict()["spilled_disk_bytes"] > 0 and not any((tmp_path / "spill").iterdir())
+
+
 def test_auto_policy_refuses_a_budget_nothing_fits(scenes, tmp_path):
     from elegantviz.offload import MemoryBudgetError
 
