@@ -10,6 +10,10 @@ from pathlib import Path
 from elegantviz import __version__
 from elegantviz.errors import ElegantvizError
 
+# elegantviz.offload.POLICY_NAMES and "auto", spelled out so that --help does not import torch
+POLICY_CHOICES = ("auto", "none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk",
+                  "checkpoint+band", "checkpoint+band+host", "checkpoint+band+disk")
+
 
 def _convert(args: argparse.Namespace) -> None:
     from elegantviz.io.convert import convert_raster
@@ -166,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (overrides out_dir)")
     t.add_argument("--iters", type=int, help="number of iterations (overrides iters)")
     t.add_argument("--memory-budget", metavar="SIZE", help="e.g. 12GB; the planner picks the cheapest policy that fits")
-    t.add_argument("--policy", choices=["auto", "none", "checkpoint", "disk", "checkpoint+disk", "host", "checkpoint+host"],
+    t.add_argument("--policy", choices=POLICY_CHOICES,
                    help="activation memory policy (overrides memory.policy; auto = planned from the budget)")
 
     pr = add("predict", _predict, "predict whole scenes in place: labels/pred plus the model's evidence")

@@ -37,6 +37,13 @@ def test_parse_size_rejects(text):
         parse_size(text)
 
 
+def test_cli_offers_every_policy():
+    from elegantviz.cli import POLICY_CHOICES
+    from elegantviz.offload import POLICY_NAMES
+
+    assert set(POLICY_CHOICES) == {"auto", *POLICY_NAMES}
+
+
 def test_policy_names_round_trip():
     for name in ("none", "checkpoint", "host", "disk", "checkpoint+disk", "checkpoint+host"):
         assert Policy.from_name(name).name == name
