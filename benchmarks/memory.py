@@ -33,7 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "memory.json"
 POLICIES = ("none", "checkpoint", "disk", "checkpoint+disk", "checkpoint+band+disk")
-PAPER_GB_PER_MPX = 117 / (6800 * 7200 / 1e6)
+FULL_PIXELS = 6800 * 7200
+PAPER_GB_PER_MPX = 117 / (FULL_PIXELS / 1e6)
+BAND_BYTES = 64 << 20
 
 
 def build(name: str, bands: int, classes: int):
@@ -68,7 +70,10 @@ def one(args: argparse.Namespace) -> dict:
     model, used = build(args.model, args.bands, args.classes)
     model.train()
     x = torch.randn(1, args.bands, args.size, args.width or args.size)
-    policy = Policy.from_name(args.policy, spill_dir=args.spill_dir)
+    # Bands cover the same share of the scene at every size as 64 MiB bands at 6800x7200 (what
+    # the planner assumes when it extrapolates from small dry runs).
+    band_bytes = max(1024, int(BAND_BYTES * args.size * (args.width or args.size) / FULL_PIXELS))
+    policy = Policy.from_name(args.policy, spill_dir=args.spill_dir, band_bytes=band_bytes)
     meter = MemoryMeter()
     with meter.step() as stats:
         with policy.apply(model, meter):
@@ -78,7 +83,7 @@ def one(args: argparse.Namespace) -> dict:
             loss = loss.detach()
     d = stats.as_dict()
     d.update(model=used, size=args.size, width=args.width or args.size, policy=args.policy, loss=loss.item(),
-             threads=args.threads, mmap_threshold=args.mmap_threshold,
+             threads=args.threads, mmap_threshold=args.mmap_threshold, band_bytes=band_bytes,
              step_rss_bytes=d["peak_rss_bytes"] - d["start_rss_bytes"])
     return d
 

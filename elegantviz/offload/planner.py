@@ -300,7 +300,10 @@ class Plan:
     measured: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, height: int, width: int, batch: int = 1) -> dict[str, int]:
-        """Predicted peak per measured policy for another scene size, from the same dry runs."""
+        """Predicted peak per measured policy for another scene size, from the same dry runs.
+
+        Band policies are predicted with bands covering the same share of that scene as of the
+        planned one (their bytes are linear in pixels only at a fixed share)."""
         m = self.measured
         px = _pad32(height) * _pad32(width)
         return {n: _need(n, _fit(m["pixels"], m["rows"][n], px) * batch, batch * px, m["params_bytes"],
