@@ -22,7 +22,7 @@ from elegantviz.models.mlk import MLK
 from elegantviz.offload import LiveTensorBytes, Policy
 from elegantviz.offload.band_model import band_model, conv_radius
 from elegantviz.offload.banded import Banded, banded
-from elegantviz.offload.pages import drop_file_pages, file_backed
+from elegantviz.offload.pages import SPILL_PREFIX, drop_file_pages, file_backed
 from elegantviz.offload.meter import current_rss
 
 timm = pytest.importorskip("timm")
@@ -127,7 +127,7 @@ def test_mlk_radius_is_the_halo_it_needs(body):
 
 
 @pytest.mark.parametrize("name", ["checkpoint+band", "checkpoint+band+disk"])
-def test_band_policy_training_step_equals_plain(name, tmp_path):
+def test_band_policy_training_step_equals_plain(name, tmp_path, monkeypatch):
     from elegantviz.models.registry import build_model
     from elegantviz.offload.planner import _default_loss
 
@@ -144,9 +144,15 @@ def test_band_policy_training_step_equals_plain(name, tmp_path):
         return loss.detach(), {n: p.grad for n, p in m.named_parameters()}, dict(m.named_buffers())
 
     loss, grads, bufs = step(Policy())
+    calls = []
+    forward = Banded.forward
+    monkeypatch.setattr(Banded, "forward", lambda self, t: calls.append(len(self.bands(t))) or forward(self, t))
     # band_bytes this small gives 3 to 20 bands per segment at this size
     loss_b, grads_b, bufs_b = step(Policy.from_name(name, spill_dir=str(tmp_path), threshold_bytes=4096,
                                                     band_bytes=16 << 10))
+    # the stem, layer1's four blocks (the last with transition1), both heads and MLK, each in bands
+    # (all but MLK, whose 4-halo minimum band covers these 40 rows)
+    assert len(calls) == 8 and sorted(calls)[1] >= 3, calls
     assert abs(loss.item() - loss_b.item()) < 1e-12
     scale = max(g.abs().max().item() for g in grads.values())
     worst = max((grads[n] - grads_b[n]).abs().max().item() for n in grads)
@@ -188,10 +194,18 @@ def test_banding_bounds_the_memory_of_a_wide_block(body):
     assert peaks["banded"] - 4 * one_map < 1.0 * one_map, peaks
 
 
-def test_bad_input_is_refused(body):
+def test_bad_input_is_refused_and_leaves_the_modules_alone(body):
     block = _bottleneck()
     with pytest.raises(ValueError, match="multiple of the segment's stride 4"):
-        banded(lambda t: t[..., ::4, :], torch.randn(1, 2, 30, 8), [], strides=(4,), halo=4)
+        banded(block, torch.randn(1, 256, 30, 8, dtype=torch.float64), [block], strides=(4,), halo=4)
+    assert all("forward" not in m.__dict__ for m in block.modules())
+    with pytest.raises(ValueError, match="GroupNorm normalises over the whole image"):
+        gn = nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4))
+        banded(gn, torch.randn(1, 2, 8, 8), [gn], halo=0, rows=4)
+    assert all("forward" not in m.__dict__ for m in gn.modules())
+    drop2 = nn.Dropout2d(0.5)
+    with pytest.raises(ValueError, match="Dropout2d is called twice"):
+        banded(lambda t: drop2(drop2(t)), torch.randn(1, 2, 8, 8), [drop2], halo=0, rows=4)
     with pytest.raises(ValueError, match="halo 1 must be a multiple"):
         banded(block, torch.randn(1, 256, 32, 8, dtype=torch.float64), [block], strides=(2,), halo=1)
     with pytest.raises(ValueError, match="called twice"):
@@ -203,11 +217,16 @@ def test_bad_input_is_refused(body):
 
 def test_drop_file_pages_gives_back_rss_and_keeps_the_data(tmp_path):
     x = torch.randn(1, 32, 1024, 512).contiguous(memory_format=torch.channels_last)  # 64 MiB
-    path = tmp_path / "spill.bin"
+    folder = tmp_path / f"{SPILL_PREFIX}test"
+    folder.mkdir()
+    path = folder / "000001.bin"
     x.permute(0, 2, 3, 1).contiguous().numpy().tofile(path)
     flat = torch.from_file(str(path), shared=False, size=x.numel(), dtype=x.dtype)
     t = flat.as_strided(x.shape, x.stride())
     assert file_backed(t) and not file_backed(x)
+    (tmp_path / "other.bin").write_bytes(path.read_bytes())  # a file that is not a spill file
+    other = torch.from_file(str(tmp_path / "other.bin"), shared=False, size=x.numel(), dtype=x.dtype)
+    assert not file_backed(other) and not drop_file_pages(other.as_strided(x.shape, x.stride()), 0, 1024)
     assert torch.equal(t, x)  # every page now read
     before = current_rss()
     assert drop_file_pages(t, 0, 1024)
@@ -216,3 +235,32 @@ def test_drop_file_pages_gives_back_rss_and_keeps_the_data(tmp_path):
     assert not drop_file_pages(x, 0, 1024)  # anonymous memory is never dropped (it would be zeroed)
     assert not drop_file_pages(t.contiguous(), 0, 10)
     assert np.isfinite(t.numpy()).all()
+
+
+def test_running_statistics_with_cumulative_momentum():
+    bn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4, momentum=None)).double().train()
+    x = torch.randn(1, 3, 32, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    plain = copy.deepcopy(bn)
+    for _ in range(2):
+        with torch.no_grad():
+            plain(x * 2)
+            banded(bn, x * 2, [bn], halo=1, rows=8)
+    for a, b in zip(plain.buffers(), bn.buffers()):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_autocast_forward_with_backward_outside_it():
+    """As the trainer on CUDA: forward under bf16 autocast, backward after it has ended. Backward
+    recomputes each band under the forward's autocast, and the norms work in float32."""
+    block = _bottleneck(torch.float32)
+    x = torch.randn(1, 256, 48, 16, generator=torch.Generator().manual_seed(6))
+    results = []
+    for band in (False, True):
+        m = copy.deepcopy(block)
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = banded(m, xi, [m], halo=1, rows=8) if band else m(xi)
+        y.float().square().mean().backward()
+        results.append((y.float().detach(), xi.grad, m.conv1.weight.grad))
+    for a, b in zip(*results):
+        assert (a - b).norm() < 0.02 * a.norm()

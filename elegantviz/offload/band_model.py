@@ -44,6 +44,12 @@ def conv_radius(module: nn.Module) -> int:
     return radius
 
 
+def _kernel_radius(module: nn.Module) -> int:
+    """Radius of a transition's (single) convolution, in rows of its input."""
+    return max((m.dilation[0] * (m.kernel_size[0] - 1) // 2 for m in module.modules() if isinstance(m, nn.Conv2d)),
+               default=0)
+
+
 def _stride(module: nn.Module) -> int:
     s = 1
     for m in module.modules():
@@ -78,6 +84,10 @@ def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callabl
     last = blocks[-1]
     trans = list(body.transition1)
     strides = [_stride(t) for t in trans]
+    halos = [conv_radius(b) for b in blocks[:-1]]
+    # the last block's reach, then a transition's kernel radius, in whole coarsest-stride rows
+    unit = max(strides)
+    last_halo = -(-(conv_radius(last) + max(_kernel_radius(t) for t in trans)) // unit) * unit
     stem_modules = [body.conv1, body.bn1, body.act1, body.conv2, body.bn2, body.act2]
 
     def stem(x: torch.Tensor) -> torch.Tensor:
@@ -91,9 +101,9 @@ def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callabl
         if not torch.is_grad_enabled():
             return inner(x)
         x = banded(stem, x, stem_modules, (4,), 4, band_bytes=band_bytes)
-        for b in blocks[:-1]:
-            x = banded(b, x, [b], (1,), 1, band_bytes=band_bytes)
-        xl = list(banded(last_block, x, [last, *trans], strides, max(2, max(strides)), band_bytes=band_bytes))
+        for b, halo in zip(blocks[:-1], halos):
+            x = banded(b, x, [b], (1,), halo, band_bytes=band_bytes)
+        xl = list(banded(last_block, x, [last, *trans], strides, last_halo, band_bytes=band_bytes))
         del x
         yl = body.stage2(xl)
         xl = [t(yl[-1]) if not isinstance(t, nn.Identity) else yl[i] for i, t in enumerate(body.transition2)]
@@ -123,8 +133,8 @@ def band_model(model: nn.Module, band_bytes: int = 64 << 20) -> BandHandle:
     its heads and context module. Raises if there is nothing to band."""
     handle = BandHandle()
     for body in find_hrnets(model):
-        if 0 in getattr(body, "_out_idx", ()) or not isinstance(body.layer1, nn.Sequential):
-            continue  # the stem's output is itself a feature: leave this network alone
+        if not hasattr(body, "_out_idx") or 0 in body._out_idx or not isinstance(body.layer1, nn.Sequential):
+            continue  # a classifier, or the stem's output is itself a feature: leave this network alone
         handle.patch(body, "forward", _hrnet_forward(body, body.forward, band_bytes))
     for name in ("aux_head", "context", "head"):
         module = getattr(model, name, None)

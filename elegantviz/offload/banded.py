@@ -61,8 +61,15 @@ class _State:
     collect: int | None = None  # the norm whose gradient sums this backward pass adds up
     collected: list[torch.Tensor] | None = None
     captured: torch.Tensor | None = None  # that norm's input in the current band
+    captured_version: int = 0
     masks: dict[int, torch.Tensor] = field(default_factory=dict)
-    met: set[int] = field(default_factory=set)  # norms met so far in the current band
+    met: set[int] = field(default_factory=set)  # norms and dropouts met so far in the current band
+    amp: tuple[str, bool, torch.dtype | None] = ("cpu", False, None)  # the forward's autocast
+
+    def autocast(self) -> torch.autocast:
+        """Backward's recompute under the autocast the forward ran in (as checkpointing does)."""
+        device, enabled, dtype = self.amp
+        return torch.autocast(device, dtype=dtype, enabled=enabled)
 
     def owned(self, t: torch.Tensor) -> tuple[int, int]:
         """The rows of band tensor ``t`` that this band owns (``t``'s rows relative to the input)."""
@@ -71,6 +78,9 @@ class _State:
             raise RuntimeError(f"banded: a map of {t.shape[-2]} rows inside a band of {self.in_rows} input rows "
                                "is not at an integer stride; pad the input to a multiple of the segment's stride")
         f = int(f)
+        if self.first % f or self.own[0] % f or self.own[1] % f:
+            raise RuntimeError(f"banded: a map at stride {f} inside the segment does not line up with the bands; "
+                               "make the halo and the band rows multiples of the segment's largest inner stride")
         return (self.own[0] - self.first) // f, (self.own[1] - self.first) // f
 
 
@@ -80,32 +90,58 @@ class _FixedNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
                 invstd: torch.Tensor, count: int, state: _State, key: int, rows: tuple[int, int]) -> torch.Tensor:
-        scale = (weight * invstd).to(x.dtype)
-        shift = (bias - mean * weight * invstd).to(x.dtype)
+        dt = _compute_dtype(x)  # bf16 maps (autocast) are normalised in float32, as BatchNorm does
+        scale = (weight * invstd).to(dt).view(1, -1, 1, 1)
+        shift = (bias - mean * weight * invstd).to(dt).view(1, -1, 1, 1)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.count, ctx.state, ctx.key, ctx.rows = count, state, key, rows
-        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        return (x.to(dt) * scale + shift).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple:
         x, weight, mean, invstd = ctx.saved_tensors
         state, key = ctx.state, ctx.key
         view = (1, -1, 1, 1)
-        xhat = (x - mean.view(view).to(x.dtype)) * invstd.view(view).to(x.dtype)
+        dt = _compute_dtype(x)
+        xhat = (x.to(dt) - mean.to(dt).view(view)) * invstd.to(dt).view(view)
+        dy = dy.to(dt)
         dbias = dy.sum((0, 2, 3), dtype=torch.float64)
         dweight = (dy * xhat).sum((0, 2, 3), dtype=torch.float64)
         if state.collect == key and state.collected is not None:
             state.collected[0] += dbias
             state.collected[1] += dweight
-        dx = dy * (weight * invstd).to(dy.dtype).view(view)
+        coef = weight.double() * invstd.double()
+        dx = dy * coef.to(dt).view(view)
         known = state.grad_sums.get(key)
         if known is not None:
             lo, hi = ctx.rows
             sb, sw = (s / ctx.count for s in known)
-            coef = (weight.double() * invstd.double())
-            dx[..., lo:hi, :] -= ((coef * sb).view(view) + xhat[..., lo:hi, :].double() * (coef * sw).view(view)
-                                  ).to(dx.dtype)
-        return dx, dweight.to(weight.dtype), dbias.to(weight.dtype), None, None, None, None, None, None
+            dx[..., lo:hi, :] -= (coef * sb).to(dt).view(view) + xhat[..., lo:hi, :] * (coef * sw).to(dt).view(view)
+        return (dx.to(x.dtype), dweight.to(weight.dtype), dbias.to(weight.dtype),
+                None, None, None, None, None, None)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _unbandable(m: nn.Module) -> str | None:
+    """Why ``m`` cannot run band by band (None if it can)."""
+    if isinstance(m, nn.SyncBatchNorm) and m.training:
+        return "shares statistics across processes"
+    if isinstance(m, _BatchNorm) and _global_norm(m) and m.weight is None:
+        return "has no affine parameters (not supported)"
+    if isinstance(m, (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
+        return "normalises over the whole image"
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        return "pools over the whole image"
+    if m.training and isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout3d, nn.AlphaDropout,
+                                     nn.FeatureAlphaDropout)) and m.p > 0:
+        return "draws per pixel"
+    if m.training and type(m).__name__ in ("DropPath", "DropBlock2d") and \
+            (getattr(m, "drop_prob", 0) or getattr(m, "p", 0)) > 0:
+        return "draws at random"
+    return None
 
 
 def _global_norm(m: nn.Module) -> bool:
@@ -125,16 +161,16 @@ def _norm_forward(m: _BatchNorm, state: _State) -> Callable[[torch.Tensor], torc
         if key not in state.stats:
             if state.mode != "stats":
                 raise RuntimeError("banded: a BatchNorm was reached that the statistics passes never met")
-            part = x[..., lo:hi, :].double()
+            part = x[..., lo:hi, :].to(_compute_dtype(x))
             sums = state.sums.setdefault(key, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
                                                for _ in range(2)] + [0])
-            sums[0] += part.sum((0, 2, 3))
-            sums[1] += (part * part).sum((0, 2, 3))
+            sums[0] += part.sum((0, 2, 3), dtype=torch.float64)
+            sums[1] += (part * part).sum((0, 2, 3), dtype=torch.float64)
             sums[2] += part.numel() // max(1, x.shape[1])
             raise _Stop
         mean, invstd, count = state.stats[key]
         if state.collect == key:
-            state.captured = x
+            state.captured, state.captured_version = x, x._version
         return _FixedNorm.apply(x, m.weight, m.bias, mean, invstd, count, state, key, (lo, hi))
 
     return forward
@@ -146,6 +182,10 @@ def _dropout_forward(m: nn.Dropout2d, state: _State) -> Callable[[torch.Tensor],
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not m.training or m.p == 0:
             return x
+        if key in state.met:
+            raise ValueError("banded: a Dropout2d is called twice in one forward of the segment; the plain "
+                             "forward would draw two masks: give each call its own module")
+        state.met.add(key)
         mask = state.masks.get(key)
         if mask is None:  # the plain forward's draw: one Bernoulli per (image, channel), scaled
             mask = F.dropout2d(x.new_ones(x.shape[0], x.shape[1], 1, 1), m.p, True)
@@ -208,6 +248,8 @@ class Banded:
         h = x.shape[-2]
         if h % self.unit:
             raise ValueError(f"banded: input height {h} is not a multiple of the segment's stride {self.unit}")
+        if self.rows is not None and self.rows % self.unit:
+            raise ValueError(f"banded: {self.rows} rows per band is not a multiple of the segment's stride {self.unit}")
         row_bytes = x[..., :1, :].numel() * x.element_size()
         rows = self.rows or band_rows(h, row_bytes * self.unit, self.halo, self.unit, self.band_bytes)
         out = []
@@ -227,38 +269,42 @@ class Banded:
         return tuple(o[..., (lo - first) // s:(hi - first) // s, :] for o, s in zip(outs, self.strides))
 
     # -- patching ------------------------------------------------------------------------------
-    def _patch(self, state: _State) -> tuple[dict[int, _BatchNorm], list[nn.Module]]:
+    def _patch(self, state: _State) -> tuple[dict[int, _BatchNorm], Callable[[], None]]:
+        """Swap the segment's BatchNorms and Dropout2d for their banded forwards; returns the
+        norms and the function that puts everything back. Refuses what bands cannot reproduce,
+        before anything is patched."""
+        found = {id(m): m for mod in self.modules for m in mod.modules()}.values()
+        for m in found:
+            reason = _unbandable(m)
+            if reason:
+                raise ValueError(f"banded: {type(m).__name__} {reason}, so banding would change the result")
+            if (_global_norm(m) or isinstance(m, nn.Dropout2d)) and "forward" in m.__dict__:
+                raise ValueError(f"banded: {type(m).__name__} already has a patched forward")
         norms: dict[int, _BatchNorm] = {}
         patched: list[nn.Module] = []
-        for mod in self.modules:
-            for m in mod.modules():
-                if "forward" in m.__dict__:
-                    continue
-                if _global_norm(m):
-                    if m.weight is None:
-                        raise ValueError("banded: BatchNorm without affine parameters is not supported")
-                    norms[id(m)] = m
-                    m.forward = _norm_forward(m, state)
-                elif isinstance(m, nn.Dropout2d):
-                    m.forward = _dropout_forward(m, state)
-                elif isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout3d, nn.AlphaDropout)) and m.training \
-                        and m.p > 0:
-                    raise ValueError(f"banded: {type(m).__name__} draws per pixel and cannot be banded exactly")
-                else:
-                    continue
-                patched.append(m)
-        return norms, patched
+        for m in found:
+            if _global_norm(m):
+                norms[id(m)] = m
+                m.forward = _norm_forward(m, state)
+            elif isinstance(m, nn.Dropout2d):
+                m.forward = _dropout_forward(m, state)
+            else:
+                continue
+            patched.append(m)
 
-    @staticmethod
-    def _unpatch(patched: list[nn.Module]) -> None:
-        for m in patched:
-            del m.forward
+        def unpatch() -> None:
+            for m in patched:
+                m.__dict__.pop("forward", None)
+
+        return norms, unpatch
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], _State]:
         state = _State()
-        norms, patched = self._patch(state)
+        device = x.device.type
+        state.amp = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         bands = self.bands(x)
+        norms, unpatch = self._patch(state)
         try:
             with torch.no_grad():
                 for _ in range(len(norms) + 1):
@@ -279,7 +325,7 @@ class Banded:
                         return tuple(outs), state
             raise RuntimeError("banded: the segment's forward did not finish")  # pragma: no cover
         finally:
-            self._unpatch(patched)
+            unpatch()
 
     @staticmethod
     def _empty_like_full(part: torch.Tensor, rows: int) -> torch.Tensor:
@@ -291,7 +337,6 @@ class Banded:
     # -- backward ------------------------------------------------------------------------------
     def backward(self, x: torch.Tensor, state: _State, grads: Sequence[torch.Tensor | None],
                  input_grad: bool) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
-        _, patched = self._patch(state)
         bands = self.bands(x)
         params = [p for p in self.params if p.requires_grad]
         # x read back from a spill file: give each band's pages back once the next band starts
@@ -302,16 +347,22 @@ class Banded:
             if spilled:
                 drop_file_pages(x, bands[i][0], ends[i])
 
+        _, unpatch = self._patch(state)
         try:
             for key in reversed(state.order):  # each norm's gradient sums, last norm first
                 state.collect = key
                 state.collected = [torch.zeros_like(state.stats[key][0], dtype=torch.float64) for _ in range(2)]
                 for i, band in enumerate(bands):
-                    with torch.enable_grad(), _plain_saves():
+                    with torch.enable_grad(), _plain_saves(), state.autocast():
                         outs, gouts = self._band_outputs(x, band, state, grads, band[2:])
-                        if outs and state.captured is not None and state.captured.requires_grad:
-                            torch.autograd.grad(outs, [state.captured], gouts, allow_unused=True)
-                    state.captured = None
+                        captured = state.captured
+                        state.captured = None
+                        if outs and captured is not None and captured.requires_grad:
+                            if captured._version != state.captured_version:
+                                raise RuntimeError("banded: a BatchNorm's input was modified in place after it "
+                                                   "was used; its gradient sums cannot be collected")
+                            torch.autograd.grad(outs, [captured], gouts, allow_unused=True)
+                        del captured, outs, gouts
                     done(i)
                 state.grad_sums[key] = (state.collected[0], state.collected[1])
             state.collect, state.collected = None, None
@@ -319,7 +370,7 @@ class Banded:
             gparams: list[torch.Tensor | None] = [None] * len(params)
             for i, (first, last, lo, hi) in enumerate(bands):
                 xb = x[..., first:last, :].detach().requires_grad_(input_grad)
-                with torch.enable_grad(), _plain_saves():
+                with torch.enable_grad(), _plain_saves(), state.autocast():
                     outs, gouts = self._band_outputs(xb, (0, last - first, lo - first, hi - first), state, grads,
                                                      (lo, hi))
                     wrt = ([xb] if input_grad else []) + params
@@ -334,7 +385,8 @@ class Banded:
                 done(i)
             return gx, gparams
         finally:
-            self._unpatch(patched)
+            state.captured, state.collect, state.collected = None, None, None
+            unpatch()
 
     def _band_outputs(self, x: torch.Tensor, band: tuple[int, int, int, int], state: _State,
                       grads: Sequence[torch.Tensor | None], rows: tuple[int, int]) -> tuple[list, list]:

@@ -41,6 +41,8 @@ from typing import Any, Iterable
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from .pages import SPILL_PREFIX
+
 __all__ = ["HostOffload", "DiskOffload", "PinnedPool", "DEFAULT_THRESHOLD", "default_spill_root"]
 
 DEFAULT_THRESHOLD = 1 << 20  # 1 MiB: below this the bookkeeping costs more than it saves
@@ -527,7 +529,7 @@ class DiskOffload(_OffloadHooks):
 
     def _open(self) -> None:
         self.spill_root.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="elegantviz-spill-", dir=self.spill_root))
+        self.folder = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=self.spill_root))
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
         if self.max_inflight_bytes > 0:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="elegantviz-spill")

@@ -15,22 +15,29 @@ import torch
 __all__ = ["file_backed", "drop_file_pages"]
 
 
+SPILL_PREFIX = "elegantviz-spill-"  # DiskOffload's folders
+
+
 def _file_mapping(addr: int) -> tuple[int, int] | None:
-    """The (start, end) of the file-backed mapping of this process that holds ``addr``, if any."""
+    """The (start, end) of the mapping that holds ``addr`` if it is a private mapping of a spill
+    file (nothing else: dropping pages of anonymous or shared memory would lose data)."""
     try:
         with open("/proc/self/maps") as f:
             for line in f:
-                fields = line.split()
+                fields = line.split(maxsplit=5)
                 lo, hi = (int(v, 16) for v in fields[0].split("-"))
                 if lo <= addr < hi:
-                    return (lo, hi) if len(fields) >= 6 and fields[5].startswith("/") else None
+                    path = fields[5].strip() if len(fields) == 6 else ""
+                    ok = fields[1].endswith("p") and f"/{SPILL_PREFIX}" in path and not path.endswith("(deleted)")
+                    return (lo, hi) if ok else None
     except OSError:
         return None
     return None
 
 
 def file_backed(t: torch.Tensor) -> bool:
-    """Whether ``t`` lives in a file mapping (e.g. read back by :class:`DiskOffload`)."""
+    """Whether ``t`` is a spilled tensor read back by :class:`.hooks.DiskOffload` (a private mapping
+    of a file in a spill folder)."""
     return t.device.type == "cpu" and t.numel() > 0 and _file_mapping(t.data_ptr()) is not None
 
 
@@ -42,7 +49,8 @@ def drop_file_pages(t: torch.Tensor, first: int, last: int, dim: int = -2) -> bo
     page read stays in this process's RSS until the whole tensor dies, so reading a 3 GB saved map
     band by band ends with all of it resident. ``MADV_DONTNEED`` gives those pages back (the page
     cache keeps them while memory allows; a later read maps them again). Only for a file mapping
-    (on anonymous memory it would zero the data) whose slices along ``dim`` are contiguous (rows of
+    (on anonymous memory it would zero the data, and it would undo writes to a private mapping:
+    saved tensors are only read, and only spill files qualify) whose slices along ``dim`` are contiguous (rows of
     a channels_last map, positions of its flattened (n, d, N) view); False when nothing was dropped.
     """
     if t.device.type != "cpu" or t.ndim < 2 or t.numel() == 0 or not hasattr(os, "sysconf"):
