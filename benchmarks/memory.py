@@ -35,7 +35,6 @@ OUT = ROOT / "benchmarks" / "results" / "memory.json"
 POLICIES = ("none", "checkpoint", "disk", "checkpoint+disk", "checkpoint+band+disk")
 FULL_PIXELS = 6800 * 7200
 PAPER_GB_PER_MPX = 117 / (FULL_PIXELS / 1e6)
-BAND_BYTES = 64 << 20
 
 
 def build(name: str, bands: int, classes: int):
@@ -72,7 +71,7 @@ def one(args: argparse.Namespace) -> dict:
     x = torch.randn(1, args.bands, args.size, args.width or args.size)
     # Bands cover the same share of the scene at every size as 64 MiB bands at 6800x7200 (what
     # the planner assumes when it extrapolates from small dry runs).
-    band_bytes = max(1024, int(BAND_BYTES * args.size * (args.width or args.size) / FULL_PIXELS))
+    band_bytes = max(1024, int(Policy().band_bytes * args.size * (args.width or args.size) / FULL_PIXELS))
     policy = Policy.from_name(args.policy, spill_dir=args.spill_dir, band_bytes=band_bytes)
     meter = MemoryMeter()
     with meter.step() as stats:

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..autocast import no_autocast
-from ..offload.pages import drop_file_pages, file_backed
+from ..autocast import compute_dtype, no_autocast
+from ..offload.pages import drop_file_pages, spill_mapping
 
 __all__ = ["ECR", "Evidence", "AttentionNorm", "logit_margin", "select_hard", "num_hard", "efficient_attention",
            "CONTEXT_CHUNKS"]
@@ -119,7 +119,7 @@ class _KeyContext(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feats: torch.Tensor, norm: str) -> torch.Tensor:
         n_pos = feats.shape[-1]
-        dt = _compute_dtype(feats)
+        dt = compute_dtype(feats)
         with no_autocast(feats):
             top = total = None
             softmax = norm == "softmax"
@@ -146,7 +146,7 @@ class _KeyContext(torch.autograd.Function):
         top, total = stats if stats else (None, None)
         n_pos = feats.shape[-1]
         out = torch.empty_like(feats)
-        spilled = file_backed(feats)  # read back from disk: give each slice's pages back when done
+        mapping = spill_mapping(feats)  # read back from disk: give each slice's pages back when done
         with no_autocast(feats):
             grad = grad.to(context.dtype)
             row = (grad * context).sum(dim=2, keepdim=True) if ctx.norm == "softmax" else None
@@ -158,14 +158,10 @@ class _KeyContext(torch.autograd.Function):
                 g = torch.bmm(grad.transpose(1, 2), k)
                 g += k * (gk - row) if row is not None else gk / math.sqrt(n_pos)
                 out[..., start: start + f.shape[-1]] = g
-                if spilled:
-                    drop_file_pages(feats, start, start + f.shape[-1], dim=-1)
+                if mapping is not None:
+                    drop_file_pages(feats, start, start + f.shape[-1], dim=-1, mapping=mapping)
                 start += f.shape[-1]
         return out, None
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 def _chunks(feats: torch.Tensor):

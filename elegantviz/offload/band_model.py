@@ -25,29 +25,24 @@ import torch
 import torch.nn as nn
 
 from .banded import banded
-from .checkpoint import find_hrnets
+from .checkpoint import _stem, find_hrnets
 
 __all__ = ["band_model", "BandHandle", "conv_radius"]
 
 
-def conv_radius(module: nn.Module) -> int:
+def conv_radius(module: nn.Module, strided: bool = False) -> int:
     """Rows a stride-1 segment reads on each side: its ``radius`` attribute (MLK, LRD), else the
-    sum of its convolutions' radii (an upper bound where branches run in parallel)."""
+    sum of its convolutions' radii (an upper bound where branches run in parallel). ``strided``
+    accepts strided convolutions, in rows of the input (exact for one convolution)."""
     if isinstance(getattr(module, "radius", None), int):
         return module.radius
     radius = 0
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            if m.stride[0] != 1:
+            if m.stride[0] != 1 and not strided:
                 raise ValueError(f"conv_radius: {type(module).__name__} has a strided convolution")
             radius += m.dilation[0] * (m.kernel_size[0] - 1) // 2
     return radius
-
-
-def _kernel_radius(module: nn.Module) -> int:
-    """Radius of a transition's (single) convolution, in rows of its input."""
-    return max((m.dilation[0] * (m.kernel_size[0] - 1) // 2 for m in module.modules() if isinstance(m, nn.Conv2d)),
-               default=0)
 
 
 def _stride(module: nn.Module) -> int:
@@ -87,11 +82,8 @@ def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callabl
     halos = [conv_radius(b) for b in blocks[:-1]]
     # the last block's reach, then a transition's kernel radius, in whole coarsest-stride rows
     unit = max(strides)
-    last_halo = -(-(conv_radius(last) + max(_kernel_radius(t) for t in trans)) // unit) * unit
+    last_halo = -(-(conv_radius(last) + max(conv_radius(t, strided=True) for t in trans)) // unit) * unit
     stem_modules = [body.conv1, body.bn1, body.act1, body.conv2, body.bn2, body.act2]
-
-    def stem(x: torch.Tensor) -> torch.Tensor:
-        return body.act2(body.bn2(body.conv2(body.act1(body.bn1(body.conv1(x))))))
 
     def last_block(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         y = last(x)
@@ -100,7 +92,7 @@ def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callabl
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
         if not torch.is_grad_enabled():
             return inner(x)
-        x = banded(stem, x, stem_modules, (4,), 4, band_bytes=band_bytes)
+        x = banded(lambda t: _stem(body, t, False), x, stem_modules, (4,), 4, band_bytes=band_bytes)
         for b, halo in zip(blocks[:-1], halos):
             x = banded(b, x, [b], (1,), halo, band_bytes=band_bytes)
         xl = list(banded(last_block, x, [last, *trans], strides, last_halo, band_bytes=band_bytes))

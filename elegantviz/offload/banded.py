@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .pages import drop_file_pages, file_backed
+from ..autocast import compute_dtype
+from .pages import drop_file_pages, spill_mapping
 
 __all__ = ["banded", "Banded", "band_rows"]
 
@@ -90,7 +91,7 @@ class _FixedNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
                 invstd: torch.Tensor, count: int, state: _State, key: int, rows: tuple[int, int]) -> torch.Tensor:
-        dt = _compute_dtype(x)  # bf16 maps (autocast) are normalised in float32, as BatchNorm does
+        dt = compute_dtype(x)  # bf16 maps (autocast) are normalised in float32, as BatchNorm does
         scale = (weight * invstd).to(dt).view(1, -1, 1, 1)
         shift = (bias - mean * weight * invstd).to(dt).view(1, -1, 1, 1)
         ctx.save_for_backward(x, weight, mean, invstd)
@@ -102,7 +103,7 @@ class _FixedNorm(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         state, key = ctx.state, ctx.key
         view = (1, -1, 1, 1)
-        dt = _compute_dtype(x)
+        dt = compute_dtype(x)
         xhat = (x.to(dt) - mean.to(dt).view(view)) * invstd.to(dt).view(view)
         dy = dy.to(dt)
         dbias = dy.sum((0, 2, 3), dtype=torch.float64)
@@ -119,10 +120,6 @@ class _FixedNorm(torch.autograd.Function):
             dx[..., lo:hi, :] -= (coef * sb).to(dt).view(view) + xhat[..., lo:hi, :] * (coef * sw).to(dt).view(view)
         return (dx.to(x.dtype), dweight.to(weight.dtype), dbias.to(weight.dtype),
                 None, None, None, None, None, None)
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 def _unbandable(m: nn.Module) -> str | None:
@@ -161,7 +158,7 @@ def _norm_forward(m: _BatchNorm, state: _State) -> Callable[[torch.Tensor], torc
         if key not in state.stats:
             if state.mode != "stats":
                 raise RuntimeError("banded: a BatchNorm was reached that the statistics passes never met")
-            part = x[..., lo:hi, :].to(_compute_dtype(x))
+            part = x[..., lo:hi, :].to(compute_dtype(x))
             sums = state.sums.setdefault(key, [torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
                                                for _ in range(2)] + [0])
             sums[0] += part.sum((0, 2, 3), dtype=torch.float64)
@@ -340,12 +337,12 @@ class Banded:
         bands = self.bands(x)
         params = [p for p in self.params if p.requires_grad]
         # x read back from a spill file: give each band's pages back once the next band starts
-        spilled = file_backed(x)
+        mapping = spill_mapping(x)
         ends = [b[0] for b in bands[1:]] + [x.shape[-2]]
 
         def done(i: int) -> None:
-            if spilled:
-                drop_file_pages(x, bands[i][0], ends[i])
+            if mapping is not None:
+                drop_file_pages(x, bands[i][0], ends[i], mapping=mapping)
 
         _, unpatch = self._patch(state)
         try:

@@ -8,11 +8,13 @@ a 3 GB saved map costs one slice of RSS, not 3 GB.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 
 import torch
 
-__all__ = ["file_backed", "drop_file_pages"]
+__all__ = ["file_backed", "spill_mapping", "drop_file_pages"]
 
 
 SPILL_PREFIX = "elegantviz-spill-"  # DiskOffload's folders
@@ -35,13 +37,21 @@ def _file_mapping(addr: int) -> tuple[int, int] | None:
     return None
 
 
+def spill_mapping(t: torch.Tensor) -> tuple[int, int] | None:
+    """The address range of the spill-file mapping ``t`` lives in (a tensor read back by
+    :class:`.hooks.DiskOffload`), else None. Look it up once per tensor: it reads /proc/self/maps."""
+    if t.device.type != "cpu" or t.numel() == 0:
+        return None
+    return _file_mapping(t.data_ptr())
+
+
 def file_backed(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a spilled tensor read back by :class:`.hooks.DiskOffload` (a private mapping
-    of a file in a spill folder)."""
-    return t.device.type == "cpu" and t.numel() > 0 and _file_mapping(t.data_ptr()) is not None
+    """Whether ``t`` is a spilled tensor read back by :class:`.hooks.DiskOffload`."""
+    return spill_mapping(t) is not None
 
 
-def drop_file_pages(t: torch.Tensor, first: int, last: int, dim: int = -2) -> bool:
+def drop_file_pages(t: torch.Tensor, first: int, last: int, dim: int = -2,
+                    mapping: tuple[int, int] | None = None) -> bool:
     """Unmap the pages of ``[first, last)`` along ``dim`` (rows by default) of a spilled tensor
     read back from disk.
 
@@ -50,8 +60,10 @@ def drop_file_pages(t: torch.Tensor, first: int, last: int, dim: int = -2) -> bo
     band by band ends with all of it resident. ``MADV_DONTNEED`` gives those pages back (the page
     cache keeps them while memory allows; a later read maps them again). Only for a file mapping
     (on anonymous memory it would zero the data, and it would undo writes to a private mapping:
-    saved tensors are only read, and only spill files qualify) whose slices along ``dim`` are contiguous (rows of
-    a channels_last map, positions of its flattened (n, d, N) view); False when nothing was dropped.
+    saved tensors are only read, and only spill files qualify) whose slices along ``dim`` are
+    contiguous (rows of a channels_last map, positions of its flattened (n, d, N) view); False
+    when nothing was dropped.
+    ``mapping``: :func:`spill_mapping` of ``t``, when the caller drops many slices.
     """
     if t.device.type != "cpu" or t.ndim < 2 or t.numel() == 0 or not hasattr(os, "sysconf"):
         return False
@@ -67,7 +79,7 @@ def drop_file_pages(t: torch.Tensor, first: int, last: int, dim: int = -2) -> bo
     esize = t.element_size()
     start = t.data_ptr() + first * row * esize
     end = t.data_ptr() + last * row * esize
-    mapping = _file_mapping(t.data_ptr())
+    mapping = mapping or spill_mapping(t)
     if mapping is None:
         return False
     page = os.sysconf("SC_PAGE_SIZE")
@@ -75,8 +87,12 @@ def drop_file_pages(t: torch.Tensor, first: int, last: int, dim: int = -2) -> bo
     end = min(end // page * page, mapping[1])
     if end <= start:
         return False
-    import ctypes
+    return _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    madv_dontneed = 4
-    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), madv_dontneed) == 0
+
+_MADV_DONTNEED = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)

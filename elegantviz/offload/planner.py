@@ -45,8 +45,7 @@ _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
 # 3 GB full-resolution maps of a 6800x7200 scene down to one band each.
 POLICY_NAMES = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk", "checkpoint+band",
                 "checkpoint+band+host", "checkpoint+band+disk")
-_CUDA_ORDER = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk", "checkpoint+band",
-               "checkpoint+band+host", "checkpoint+band+disk")
+_CUDA_ORDER = POLICY_NAMES
 _CPU_ORDER = ("none", "checkpoint", "disk", "checkpoint+disk", "checkpoint+band", "checkpoint+band+disk")
 
 
