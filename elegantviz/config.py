@@ -44,17 +44,28 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """The paper's schedule: SGD, a constant warm-up, then step decays of the base rate."""
+    """Optimizer and schedule. The defaults are the paper's: SGD, a constant warm-up, then step
+    decays of the base rate (``schedule: step``). ``poly`` is GLNet's, FCtL's, ISDNet's and mmseg's
+    ``(1 - t)^power``; ``cosine`` decays to ``min_lr``. ``warmup: linear`` ramps from
+    ``warmup_lr`` to ``lr`` instead of holding ``warmup_lr``."""
 
+    optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     weight_decay: float = 5e-4
+    schedule: str = "step"  # step | poly | cosine
+    warmup: str = "constant"  # constant | linear
     warmup_iters: int = 1500
     warmup_lr: float = 5e-5
-    milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])  # fractions of iters
-    gamma: float = 0.1  # 0.01 -> 0.001 -> 0.0001
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.85])  # step: fractions of iters
+    gamma: float = 0.1  # step: 0.01 -> 0.001 -> 0.0001
+    power: float = 0.9  # poly
+    min_lr: float = 0.0  # poly and cosine end here
     head_lr_mult: float = 10.0
+    grad_clip: float | None = None  # max global L2 norm of the gradients
     accumulate: int = 1  # gradient accumulation: effective batch = accumulate scenes
+    max_bad_steps: int = 3  # non-finite loss or gradients this many steps in a row: stop
 
 
 @dataclass
@@ -80,6 +91,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:1
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    precise_bn: int = 0  # recompute BatchNorm statistics on this many whole training scenes before
+    #                      validation and checkpoints (0: keep the running statistics)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -110,10 +110,32 @@ def _ecr_inputs(seed, n=2, d=8, c=4, h=9, w=11):
     return torch.randn(n, d, h, w, generator=g), torch.randn(n, c, h, w, generator=g)
 
 
+def _explicit_projected(ecr, hard, feats, norm):
+    """The projected form with the explicit map: the queries are W_q F_R, the attended values go
+    through W_o and the residual scale."""
+    n_pos = feats.shape[-1]
+    q = ecr.query @ hard
+    q = q.softmax(dim=1) if norm == "softmax" else q / math.sqrt(n_pos)
+    k = feats.softmax(dim=2) if norm == "softmax" else feats / math.sqrt(n_pos)
+    attn = torch.einsum("ndm,ndp->nmp", q, k)
+    attended = torch.einsum("nmp,ndp->ndm", attn, feats)
+    return ecr.gamma * (ecr.out @ attended + ecr.out_bias)
+
+
+def _randomise(ecr, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ecr.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+@pytest.mark.parametrize("form", ["paper", "projected"])
 @pytest.mark.parametrize("norm", ["softmax", "scaling"])
-def test_ecr_changes_only_hard_pixels_and_matches_reference(norm):
+def test_ecr_changes_only_hard_pixels_and_matches_reference(norm, form):
     feats, aux = _ecr_inputs(3)
-    ecr = ECR(ratio=0.1, norm=norm)
+    ecr = ECR(feats.shape[1], ratio=0.1, norm=norm, form=form)
+    if form == "projected":
+        _randomise(ecr)
     out, ev = ecr(feats, aux, return_evidence=True)
     n, d, h, w = feats.shape
     flat, oflat = feats.flatten(2), out.flatten(2)
@@ -124,15 +146,35 @@ def test_ecr_changes_only_hard_pixels_and_matches_reference(norm):
         outside = torch.ones(h * w, dtype=torch.bool)
         outside[hard] = False
         assert torch.equal(oflat[b][:, outside], flat[b][:, outside])
-        ref = flat[b][:, hard] + _explicit(flat[b : b + 1, :, hard], flat[b : b + 1], norm)[0]
-        assert torch.allclose(oflat[b][:, hard], ref, rtol=1e-5, atol=1e-5)
+        fr = flat[b : b + 1, :, hard]
+        if form == "paper":
+            ref = fr + _explicit(fr, flat[b : b + 1], norm)
+        else:
+            ref = fr + _explicit_projected(ecr, fr, flat[b : b + 1], norm)
+        assert torch.allclose(oflat[b][:, hard], ref[0], rtol=1e-5, atol=1e-5)
     # the two images have different hard regions, each its own
     assert set(ev.hard_indices[0].tolist()) != set(ev.hard_indices[1].tolist())
 
 
+def test_projected_ecr_starts_as_the_identity_and_learns_its_scale():
+    """gamma = 0 at init: the hard features pass unchanged, and the first gradient reaches gamma."""
+    feats, aux = _ecr_inputs(6)
+    feats.requires_grad_(True)
+    ecr = ECR(feats.shape[1], ratio=0.2)
+    out, _ = ecr(feats, aux)
+    assert torch.equal(out, feats)
+    (out * torch.randn_like(out)).sum().backward()
+    assert ecr.gamma.grad.abs().sum() > 0
+    # the paper's form adds a context of the features' own size to every hard pixel
+    paper, ev = ECR(feats.shape[1], ratio=0.2, form="paper")(feats, aux, return_evidence=True)
+    changed = (paper - feats).flatten(2).norm(dim=1)
+    hard = ev.hard_mask().flatten(1)
+    assert (changed[hard] > 0.1 * feats.flatten(2).norm(dim=1)[hard]).all()
+
+
 def test_ratio_one_selects_everything():
     feats, aux = _ecr_inputs(4)
-    out, ev = ECR(ratio=1.0)(feats, aux, return_evidence=True)
+    out, ev = ECR(feats.shape[1], ratio=1.0, form="paper")(feats, aux, return_evidence=True)
     n, d, h, w = feats.shape
     assert ev.hard_indices.shape == (n, h * w)
     assert ev.hard_mask().all()
@@ -144,7 +186,7 @@ def test_ratio_one_selects_everything():
 def test_ties_do_not_crash():
     feats = torch.randn(2, 8, 6, 6)
     aux = torch.zeros(2, 3, 6, 6)  # every margin is 0
-    out, ev = ECR(ratio=0.1)(feats, aux, return_evidence=True)
+    out, ev = ECR(feats.shape[1], ratio=0.1)(feats, aux, return_evidence=True)
     assert out.shape == feats.shape and torch.isfinite(out).all()
     assert ev.hard_indices.shape == (2, num_hard(36, 0.1))
     assert ev.hard_mask().sum().item() == 2 * num_hard(36, 0.1)
@@ -153,7 +195,9 @@ def test_ties_do_not_crash():
 def test_evidence_is_consistent():
     feats, aux = _ecr_inputs(5)
     feats.requires_grad_(True)
-    out, ev = ECR(ratio=0.2)(feats, aux, return_evidence=True)
+    ecr = ECR(feats.shape[1], ratio=0.2)
+    _randomise(ecr)
+    out, ev = ecr(feats, aux, return_evidence=True)
     n, d, h, w = feats.shape
     assert ev.margin.shape == (n, h, w) and ev.feature_size == (h, w)
     assert ev.keys.shape == (n, d, h, w) and ev.context.shape == (n, d, d)
@@ -164,19 +208,19 @@ def test_evidence_is_consistent():
     # attention map of one hard pixel = its query against every key
     q0 = ev.queries[1][:, 0]
     assert torch.allclose(ev.attention_map(1, 0), torch.einsum("d,dhw->hw", q0, ev.keys[1]))
-    out2, ev2 = ECR(ratio=0.2)(feats, aux)
+    out2, ev2 = ecr(feats, aux)
     assert ev2 is None and torch.equal(out, out2)
 
 
 def test_aux_logits_at_other_resolution_are_resized():
     feats = torch.randn(1, 4, 10, 12)
     aux = torch.randn(1, 3, 40, 48)
-    out, ev = ECR(0.1)(feats, aux, return_evidence=True)
+    out, ev = ECR(4, 0.1)(feats, aux, return_evidence=True)
     assert ev.margin.shape == (1, 10, 12)
 
 
 def test_invalid_ratio():
     with pytest.raises(ValueError):
-        ECR(ratio=0.0)
+        ECR(4, ratio=0.0)
     with pytest.raises(ValueError):
-        ECR(ratio=1.5)
+        ECR(4, ratio=1.5)

@@ -90,20 +90,52 @@ def _conv_same(x, w, b):
 @pytest.mark.parametrize("fusion", ["gate", "sum", "concat"])
 def test_mlk_unit_against_explicit_branches(fusion):
     torch.manual_seed(0)
-    unit = MLKUnit(6, (7, 15, 31), fusion, depthwise_impl="fft")
+    unit = MLKUnit(6, (7, 15, 31), fusion, depthwise_impl="fft", layer_scale_init=0.5).eval()
+    unit.norm.running_mean.uniform_(-1, 1)
+    unit.norm.running_var.uniform_(0.5, 2)
     x = torch.randn(2, 6, 40, 36)
-    f5 = _conv_same(x, unit.conv5.weight, unit.conv5.bias)
+    u = F.batch_norm(x, unit.norm.running_mean, unit.norm.running_var, unit.norm.weight, unit.norm.bias, False)
+    f5 = _conv_same(u, unit.conv5.weight, unit.conv5.bias)
     fs = [_conv_same(f5, b.weight, b.bias) for b in unit.branches]
     if fusion == "concat":  # EHSNet Eq. (1)
-        ref = F.conv2d(torch.cat([x, f5, *fs], 1), unit.fuse.weight, unit.fuse.bias)
+        ref = F.conv2d(torch.cat([u, f5, *fs], 1), unit.fuse.weight, unit.fuse.bias)
     else:
         ref = F.conv2d(f5 + sum(fs), unit.fuse.weight, unit.fuse.bias)
-        ref = x * ref if fusion == "gate" else ref
+        ref = u * ref if fusion == "gate" else ref
+    ref = x + 0.5 * ref  # the pre-norm residual branch with its layer scale
     assert torch.allclose(unit(x), ref, rtol=1e-4, atol=1e-5)
     unit.depthwise_impl = "direct"
     for b in unit.branches:
         b.impl = "direct"
     assert torch.allclose(unit(x), ref, rtol=1e-4, atol=1e-5)
+
+
+def _mean_abs_ratio(module, x):
+    with torch.no_grad():
+        return float(module(x).abs().mean() / x.abs().mean())
+
+
+@pytest.mark.parametrize("cls", [MLK, LRD])
+def test_context_module_keeps_the_scale_of_its_input(cls):
+    """The unnormalised gate made MLK's output 707x its input at init (and 4,040 after training);
+    with the norms and the residual the output stays within a small factor, on any input scale."""
+    torch.manual_seed(0)
+    m = cls(270, 64, 64)
+    for scale in (0.1, 3.0, 100.0):
+        x = torch.randn(1, 270, 24, 20).abs() * scale  # ReLU'd backbone features
+        assert 0.2 < _mean_abs_ratio(m, x) * scale < 5 * max(1.0, scale), scale
+        inner = m.units[0]
+        u = torch.randn(1, 64, 24, 20) * scale
+        assert _mean_abs_ratio(inner, u) < 1.5  # a unit starts near the identity
+    # a few SGD steps on a regression target do not blow it up either
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    x = torch.randn(2, 270, 24, 20).abs() * 3
+    target = torch.randn(2, 64, 24, 20)
+    for _ in range(10):
+        opt.zero_grad()
+        F.mse_loss(m(x), target).backward()
+        opt.step()
+    assert _mean_abs_ratio(m, x) < 2
 
 
 def test_mlk_and_lrd_shapes():
@@ -131,6 +163,12 @@ def _check_preset(name, batch, size, in_chans, backward):
         return
     labels = torch.randint(0, 5, (batch, *size))
     labels[:, :3] = 255
+    # ECR's residual scale starts at 0, so only it gets a gradient at init; open it to reach the rest
+    ecr = model.ecr
+    if ecr is not None and ecr.form == "projected":
+        with torch.no_grad():
+            ecr.gamma.fill_(0.1)
+        out = model(x, return_evidence=True)
     elegantseg_loss(out, labels).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing

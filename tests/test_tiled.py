@@ -26,6 +26,17 @@ def _model(overrides: dict, seed: int = 0):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
+    # ECR's residual open and its projections away from the identity, MLK's units weighing in,
+    # so that the tiled ECR update and the units are really compared (at init both are ~identity)
+    with torch.no_grad():
+        if model.ecr is not None:
+            model.ecr.gamma.uniform_(0.5, 1.5)
+            model.ecr.query.add_(0.3 * torch.randn_like(model.ecr.query))
+            model.ecr.out.add_(0.3 * torch.randn_like(model.ecr.out))
+            model.ecr.out_bias.uniform_(-0.5, 0.5)
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale"):
+                p.uniform_(0.5, 1.0)
     return model
 
 

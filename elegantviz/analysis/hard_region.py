@@ -56,11 +56,11 @@ def explicit_attention(queries, feats, norm: str = "softmax"):
     """
     import torch
 
-    from elegantviz.models.ecr import _normalise
+    from elegantviz.models.ecr import normalise
 
     n_pos = feats.shape[-1]
-    keys = _normalise(feats, 2, norm, n_pos)
-    q = _normalise(queries, 1, norm, n_pos)
+    keys = normalise(feats, 2, norm, n_pos)
+    q = normalise(queries, 1, norm, n_pos)
     attention = torch.bmm(q.transpose(1, 2), keys)  # (n, m, N)
     return torch.bmm(feats, attention.transpose(1, 2)), attention
 

@@ -35,7 +35,6 @@ from elegantviz.engine.train import load_model, pick_device
 from elegantviz.errors import InputError
 from elegantviz.io.store import Scene, open_scene
 from elegantviz.losses import label_sobel
-from elegantviz.models.ecr import _normalise
 
 CACHE = "_predict"
 MAPS = ("keys", "queries")  # (d, h, w) at feature resolution: kept on disk, never read whole
@@ -94,7 +93,7 @@ def forward_holistic(model, image: np.ndarray, device: torch.device) -> dict:
         h, w = ev.feature_size
         n = h * w
         feats = tap.feats[0].flatten(1)  # (d, N)
-        queries = _normalise(feats[None], 1, model.ecr.norm, n)[0]
+        queries = model.ecr.queries(feats, n)
         # relative to uniform (x N) so float16 keeps the precision and 1.0 means "average pixel"
         keys = ev.keys[0].flatten(1) * n
         result["keys"] = keys.view(-1, h, w).half().cpu().numpy()

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule
 
-from elegantviz.models.ecr import Evidence, _normalise, logit_margin, select_hard
+from elegantviz.models.ecr import Evidence, logit_margin, select_hard
 from elegantviz.models.elegantseg import ElegantSeg, SegOutput
 
 __all__ = ["TiledOutput", "tiled_forward", "forward_tiled", "unit_reach", "backbone_halos"]
@@ -443,7 +443,7 @@ def _context_pass(run: _Runner, branches, hard: torch.Tensor, keys: _StreamedKey
         f = _core_of(model.context(run.concat(branches, reg)), reg, core)[0].flatten(1).contiguous()
         keys.add(f)
         sel = hard[core[0]: core[1], core[2]: core[3]].flatten().to(run.dev)
-        qsum += _normalise(f[:, sel], 0, keys.norm, keys.n).sum(dim=1, dtype=torch.float64)
+        qsum += model.ecr.queries(f[:, sel], keys.n).sum(dim=1, dtype=torch.float64)
         run.step()
     return (qsum / max(1, int(hard.sum()))).to(run.dtype)
 
@@ -464,9 +464,9 @@ def _head_pass(run: _Runner, branches, hard: torch.Tensor, keys: _StreamedKeys |
             shape = (-1, core[1] - core[0], core[3] - core[2])
             sl = (slice(None), slice(core[0], core[1]), slice(core[2], core[3]))
             _put(out["keys"], sl, k.view(shape).to(maps_dtype))
-            _put(out["queries"], sl, _normalise(fc, 0, keys.norm, keys.n).view(shape).to(maps_dtype))
+            _put(out["queries"], sl, model.ecr.queries(fc, keys.n).view(shape).to(maps_dtype))
             out["attention"][sl[1:]] = (mean_q @ k).view(shape[1:]).cpu()
-            f = _ecr_update(f, hard[reg[0]: reg[1], reg[2]: reg[3]].to(run.dev), ctx, keys, run.fmt)
+            f = _ecr_update(model.ecr, f, hard[reg[0]: reg[1], reg[2]: reg[3]].to(run.dev), ctx, keys.n, run.fmt)
         logits = model.head(f)
         up, (ys, xs) = run.upsample(logits, reg, core)
         out["pred"][ys, xs] = up[0].argmax(0).to(out["pred"].dtype).cpu()
@@ -475,15 +475,16 @@ def _head_pass(run: _Runner, branches, hard: torch.Tensor, keys: _StreamedKeys |
         run.step()
 
 
-def _ecr_update(f: torch.Tensor, hard: torch.Tensor, ctx: torch.Tensor, keys: _StreamedKeys,
+def _ecr_update(ecr: nn.Module, f: torch.Tensor, hard: torch.Tensor, ctx: torch.Tensor, n_pos: int,
                 fmt: torch.memory_format) -> torch.Tensor:
-    """Hard pixels of a region: F_R <- F_R + context^T rho_q(F_R), as ECR does on the whole grid."""
+    """Hard pixels of a region, refined by the model's ECR with the whole-grid context (local once
+    the context is known)."""
     _, d, h, w = f.shape
     flat = f[0].flatten(1).clone()
     sel = hard.flatten()
     if bool(sel.any()):
         fh = flat[:, sel]
-        flat[:, sel] = fh + ctx.T @ _normalise(fh, 0, keys.norm, keys.n)
+        flat[:, sel] = ecr.refine(fh, ctx, ecr.queries(fh, n_pos)).to(flat.dtype)
     return flat.view(1, d, h, w).contiguous(memory_format=fmt)
 
 

@@ -4,11 +4,25 @@ Checkpoints (``last.pt`` every ``ckpt_every`` iterations and at the end, ``best.
 validation mIoU) are written to a temporary file and renamed, and hold everything a resume
 needs: model, optimizer, scheduler, every random state, the sampler's state and the config.
 Metrics go to ``log.jsonl`` in the run folder.
+
+A step whose loss or gradients are not finite never reaches the weights: it is skipped and
+counted (``skipped`` in the log), and ``optim.max_bad_steps`` of them in a row stop training
+with an error naming the iteration and the last good checkpoint. Before a checkpoint is written
+every tensor in it is checked, so no checkpoint ever holds NaN or inf.
+
+Precise BN (``precise_bn: k``): a holistic step normalises with the statistics of one whole
+scene, and the running averages of a few hundred such steps land far from any scene's (in stage
+4 the batch/running variance ratio was 3.7; validation accuracy went 0.69 -> 0.88 once they were
+recomputed). So before validating and before writing ``best.pt`` the statistics are recomputed
+as the exact average over k whole training scenes, on a copy of the model: the trained
+model, its optimizer and its random streams are untouched, so ``--resume`` stays bit-identical.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import random
 import time
@@ -39,20 +53,67 @@ def pick_device(name: str) -> torch.device:
 
 
 def lr_factor(it: int, cfg: TrainConfig) -> float:
-    """Multiplier of the base rate at iteration ``it``: constant warm-up, then step decays."""
+    """Multiplier of the base rate at iteration ``it``: warm-up, then the schedule's decay."""
     o = cfg.optim
     if it < o.warmup_iters:
+        if o.warmup == "linear":
+            start = o.warmup_lr / o.lr
+            return start + (1 - start) * it / o.warmup_iters
         return o.warmup_lr / o.lr
-    steps = sum(it >= (m * cfg.iters if m < 1 else m) for m in o.milestones)
-    return o.gamma**steps
+    if o.schedule == "step":
+        steps = sum(it >= (m * cfg.iters if m < 1 else m) for m in o.milestones)
+        return o.gamma**steps
+    t = min(1.0, (it - o.warmup_iters) / max(1, cfg.iters - o.warmup_iters))
+    floor = o.min_lr / o.lr
+    if o.schedule == "poly":
+        return floor + (1 - floor) * (1 - t) ** o.power
+    if o.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+    raise InputError(f"optim.schedule: unknown schedule {o.schedule!r}; choose step, poly or cosine")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.warmup not in ("constant", "linear"):
+        raise InputError(f"optim.warmup: unknown warm-up {o.warmup!r}; choose constant or linear")
+    lr_factor(o.warmup_iters, cfg)  # validates the schedule before training starts
+    groups = param_groups(model, cfg)
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    raise InputError(f"optim.optimizer: unknown optimizer {o.optimizer!r}; choose sgd or adamw")
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
-    """The backbone at the base rate, everything after it (heads, MLK) at ``head_lr_mult`` x."""
-    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
-    heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    return [{"params": backbone, "lr": cfg.optim.lr, "name": "backbone"},
-            {"params": heads, "lr": cfg.optim.lr * cfg.optim.head_lr_mult, "name": "heads"}]
+    """The backbone at the base rate, everything after it (heads, MLK) at ``head_lr_mult`` x.
+    Norm parameters, biases and ECR's and MLK's scales take no weight decay (as timm does)."""
+    groups: dict[tuple[str, bool], list] = {}
+    for n, p in model.named_parameters():
+        part = "backbone" if n.startswith("backbone.") else "heads"
+        groups.setdefault((part, p.ndim > 1 and "layer_scale" not in n), []).append(p)
+    out = []
+    for (part, decay), params in groups.items():
+        lr = cfg.optim.lr * (1.0 if part == "backbone" else cfg.optim.head_lr_mult)
+        out.append({"params": params, "lr": lr, "weight_decay": cfg.optim.weight_decay if decay else 0.0,
+                    "name": f"{part}{'' if decay else '-no-decay'}"})
+    return out
+
+
+def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
+    """Names of the floating tensors in a (nested) state that hold NaN or inf."""
+    bad = []
+    for k, v in state.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            bad += nonfinite_tensors(v, name + ".")
+        elif isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad.append(name)
+    return bad
+
+
+class NonFiniteError(InputError):
+    """Training stopped: too many steps in a row with a non-finite loss or gradients."""
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -114,13 +175,15 @@ class Trainer:
         if cfg.model.pretrained:
             overrides["pretrained"] = True
         self.model = build_model(cfg.model.name, self.table.num_classes, self.in_chans, **overrides).to(self.device)
-        self.optimizer = torch.optim.SGD(param_groups(self.model, cfg), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, cfg))
         self.sampler = SceneSampler(self.train_scenes, self.norm, d.label, d.mode, d.crop_size, d.level, d.flips,
                                     d.rot90, seed=cfg.seed)
         self.iteration = 0
         self.best_miou = -1.0
+        self.skipped = 0  # steps skipped for a non-finite loss or gradient, in all
+        self.bad_in_a_row = 0
+        self.last_good: Path | None = None
         self.meter = MemoryMeter(self.device)
         self.policy = self._choose_policy()
 
@@ -160,6 +223,7 @@ class Trainer:
             "rng": _rng_states(),
             "iteration": self.iteration,
             "best_miou": self.best_miou,
+            "skipped": self.skipped,
             "config": self.cfg.to_dict(),
             "classes": self.table.to_dict(),
             "norm": asdict(self.norm),
@@ -167,10 +231,19 @@ class Trainer:
             "bands": self.bands,
         }
 
-    def save(self, name: str) -> Path:
+    def save(self, name: str, model_state: dict | None = None) -> Path:
+        """Write a checkpoint atomically; ``model_state`` replaces the live weights (precise BN)."""
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / name
-        save_atomic(self.state(), path)
+        state = self.state()
+        if model_state is not None:
+            state["model"] = model_state
+        bad = nonfinite_tensors({"model": state["model"], "optimizer": state["optimizer"]["state"]})
+        if bad:
+            raise NonFiniteError(f"{path}: refusing to write a checkpoint with non-finite tensors "
+                                 f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}) at iteration {self.iteration}")
+        save_atomic(state, path)
+        self.last_good = path
         return path
 
     def resume(self, path: Path | None = None) -> None:
@@ -184,6 +257,8 @@ class Trainer:
         self.sampler.set_state(ck["sampler"])
         _set_rng_states(ck["rng"])
         self.iteration, self.best_miou = ck["iteration"], ck["best_miou"]
+        self.skipped = ck.get("skipped", 0)
+        self.last_good = path
 
     # steps ------------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +276,9 @@ class Trainer:
         return nullcontext()
 
     def step(self) -> dict:
-        """One optimizer step over ``accumulate`` samples; returns the logged terms."""
+        """One optimizer step over ``accumulate`` samples; returns the logged terms. A step whose
+        loss or gradients are not finite is skipped (weights, optimizer state and schedule as
+        before it) and returns ``skipped: True``."""
         self.model.train()
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
@@ -214,29 +291,70 @@ class Trainer:
                     out = self.model(x, upsample=False)  # the loss upsamples band by band
                     loss, terms = elegantseg_loss(out, y, cfg.loss.w_bd, cfg.loss.w_aux, cfg.loss.sobel_ksize,
                                                   self.table.ignore_index, return_terms=True)
+                if not torch.isfinite(loss.detach()):
+                    totals["loss"] = float("nan")
+                    break
                 (loss / cfg.optim.accumulate).backward()
                 totals["loss"] += float(loss.detach()) / cfg.optim.accumulate
                 totals["seg"] += float(terms["seg"]) / cfg.optim.accumulate
                 totals["aux"] += float(terms["aux"]) / cfg.optim.accumulate
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        limit = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
+        totals["grad_norm"] = norm
+        if not (math.isfinite(totals["loss"]) and math.isfinite(norm)):
+            return self._skip(totals)
+        self.bad_in_a_row = 0
         self.optimizer.step()
         self.scheduler.step()
         self.iteration += 1
         return totals
 
+    def _skip(self, totals: dict) -> dict:
+        """A non-finite step: drop its gradients, count it, stop after too many in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self.bad_in_a_row += 1
+        totals["skipped"] = True
+        self.log({"iter": self.iteration + 1, "skipped": True, "loss": totals["loss"],
+                  "grad_norm": totals["grad_norm"], "skipped_total": self.skipped})
+        if self.bad_in_a_row >= self.cfg.optim.max_bad_steps:
+            last = f"the last good checkpoint is {self.last_good}" if self.last_good else "no checkpoint was written"
+            raise NonFiniteError(f"training stopped at iteration {self.iteration + 1}: {self.bad_in_a_row} steps in a "
+                                 f"row had a non-finite loss or gradient; {last}")
+        return totals
+
+    def precise_model(self) -> torch.nn.Module:
+        """The model with BatchNorm statistics recomputed on ``precise_bn`` whole training scenes
+        (a copy; the trained model is untouched), or the model itself with ``precise_bn: 0``."""
+        k = self.cfg.precise_bn
+        if not k:
+            return self.model
+        model = copy.deepcopy(self.model)
+        recompute_bn_stats(model, [self._whole_scene(s) for s in self.train_scenes[:k]], self._autocast)
+        return model
+
+    def _whole_scene(self, scene) -> torch.Tensor:
+        img, _ = self.norm.apply(np.asarray(scene.image(self.cfg.data.level).compute()), scene.nodata)
+        return torch.from_numpy(img)[None].to(self.device)
+
     @torch.no_grad()
-    def validate(self) -> dict:
+    def validate(self, model: torch.nn.Module | None = None) -> dict:
         """Holistic forward of each validation scene; mIoU from the summed confusion matrix."""
-        self.model.eval()
+        model = model or self.model
+        was_training = model.training
+        model.eval()
         k = self.table.num_classes
         cm = np.zeros((k, k), np.int64)
         for s in self.val_scenes:
             img, valid = self.norm.apply(np.asarray(s.image(self.cfg.data.level).compute()), s.nodata)
             lab = np.asarray(s.label(self.cfg.data.label, self.cfg.data.level).compute())
             with self._autocast():
-                logits = self.model(torch.from_numpy(img)[None].to(self.device)).logits
+                logits = model(torch.from_numpy(img)[None].to(self.device)).logits
             pred = logits.argmax(1)[0].cpu().numpy()
             keep = (lab != self.table.ignore_index) & valid
             cm += np.bincount(lab[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
+        model.train(was_training)
         iou = per_class_iou(cm)
         return {"miou": float(np.nanmean(iou)),
                 "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.table.names, iou)}}
@@ -255,29 +373,61 @@ class Trainer:
         try:
             while self.iteration < cfg.iters:
                 terms = self.step()
+                if terms.get("skipped"):
+                    bar.write(f"iter {self.iteration + 1}: non-finite loss or gradient, step skipped "
+                              f"({self.skipped} in all)")
+                    continue
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['loss']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 it = self.iteration
                 if it % cfg.log_every == 0 or it == cfg.iters:
                     now = time.perf_counter()
-                    self.log({"iter": it, **terms, "lr": self.scheduler.get_last_lr()[0], "policy": self.policy.name,
+                    self.log({"iter": it, **terms, "skipped_total": self.skipped, "lr": self.scheduler.get_last_lr()[0], "policy": self.policy.name,
                               "s_per_iter": (now - last_log) / max(1, min(cfg.log_every, it)),
                               "memory": self.meter.as_dict()})
                     last_log = now
                 if self.val_scenes and (it % cfg.val_every == 0 or it == cfg.iters):
-                    val = self.validate()
-                    self.log({"iter": it, "val": val})
+                    model = self.precise_model()
+                    val = self.validate(model)
+                    self.log({"iter": it, "val": val, "precise_bn": cfg.precise_bn})
                     bar.write(f"iter {it}: val mIoU {100 * val['miou']:.2f}")
                     if val["miou"] > self.best_miou:
                         self.best_miou = val["miou"]
-                        self.save("best.pt")
+                        self.save("best.pt", model.state_dict())
                 if it % cfg.ckpt_every == 0 or it == cfg.iters:
                     self.save("last.pt")
         finally:
             bar.close()
         if not (self.out / "best.pt").exists():
-            self.save("best.pt")
+            self.save("best.pt", self.precise_model().state_dict())
         return self.out / "best.pt"
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: torch.nn.Module, images: list[torch.Tensor], autocast=nullcontext) -> None:
+    """Precise BN: every BatchNorm's running mean and variance become the plain average of its
+    batch statistics over ``images`` (forwards in train mode with momentum=None, a cumulative
+    average); dropout is off and nothing else changes. The model is left in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not images:
+        return
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for x in images:
+            with autocast():
+                model(x, upsample=False)
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        model.eval()
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .backbone import HRNetBackbone
 from .depthwise import DepthwiseImpl
-from .ecr import ECR, AttentionNorm, Evidence, logit_margin
+from .ecr import ECR, AttentionNorm, ECRForm, Evidence, logit_margin
 from .heads import FCNHead
 from .mlk import LRD, MLK, Fusion
 
@@ -41,7 +41,8 @@ class ElegantSeg(nn.Module):
 
     ``context='mlk'`` is ElegantSeg's multiple large kernel module, ``'lrd'`` EHSNet's
     long-range dependency module, ``'none'`` a 1x1 projection to ``dim`` (ablation);
-    ``use_ecr=False`` skips ECR (ablation). ``channels_last=True`` runs the network in
+    ``use_ecr=False`` skips ECR (ablation), ``ecr_form='paper'`` runs it as Algorithm 1 writes it
+    (see :mod:`.ecr`). ``channels_last=True`` runs the network in
     channels_last memory format (faster for HRNet on CPU; the model must also be moved with
     ``.to(memory_format=torch.channels_last)``, which :func:`build_model` does).
     """
@@ -65,6 +66,8 @@ class ElegantSeg(nn.Module):
         use_ecr: bool = True,
         hard_ratio: float = 0.1,
         attention_norm: AttentionNorm = "softmax",
+        ecr_form: ECRForm = "projected",
+        layer_scale_init: float = 1e-2,
         head_kernel_size: int = 1,
         dropout: float = 0.1,
         channels_last: bool = False,
@@ -81,14 +84,15 @@ class ElegantSeg(nn.Module):
         self.aux_head = FCNHead(c, num_classes, c, head_kernel_size, dropout)
         if context == "mlk":
             self.context = MLK(c, dim, hidden_dim, num_units, kernel_sizes, fusion, depthwise5,
-                               depthwise_impl=depthwise_impl)
+                               depthwise_impl=depthwise_impl, layer_scale_init=layer_scale_init)
         elif context == "lrd":
-            self.context = LRD(c, dim, hidden_dim, kernel_sizes, depthwise5, depthwise_impl=depthwise_impl)
+            self.context = LRD(c, dim, hidden_dim, kernel_sizes, depthwise5, depthwise_impl=depthwise_impl,
+                               layer_scale_init=layer_scale_init)
         elif context == "none":
             self.context = nn.Conv2d(c, dim, 1)
         else:
             raise ValueError(f"unknown context module {context!r}")
-        self.ecr = ECR(hard_ratio, attention_norm) if use_ecr else None
+        self.ecr = ECR(dim, hard_ratio, attention_norm, ecr_form) if use_ecr else None
         self.head = FCNHead(dim, num_classes, dim, head_kernel_size, dropout)
 
     def _upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

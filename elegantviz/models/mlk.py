@@ -20,6 +20,24 @@ so 'gate' and 'sum' run a single 31x31 convolution instead of three (exact, para
 The 5x5 convolution is a full convolution by default, as both papers write it (only the three
 large kernels are called depthwise); ``depthwise5=True`` makes it depthwise as in SegNeXt,
 which cuts the module's cost by about k/25 at no change to the large kernels.
+
+Normalisation and residuals (added to the papers' description, which has neither). Trained as
+written, the module blew activations up: on a riverworld scene, mean |x| was 3.0 entering MLK,
+7.2 after the 1x1 reduce, 4,040 after the gated unit (max 81,200) and 5,460 leaving it; at random
+init its output was already 707x its input, and ElegantSeg's main head learned only the two
+majority classes while the auxiliary head on the same features found rivers and ponds. The
+gate multiplies two unnormalised branches, so the scale squares in every unit. As SegNeXt's MSCA
+and VAN's LKA do for this very block, we now
+
+- normalise after the reduce (``conv1x1 -> BN -> act``), so the units see unit-scale input;
+- put every unit in a pre-norm residual branch with a learnable per-channel layer scale,
+  ``u <- u + gamma * unit(BN(u))`` with ``gamma = 1e-2`` at init (VAN's value): the gate then
+  multiplies two unit-scale maps, and a unit starts near the identity;
+- normalise after the expand (``conv1x1 -> BN``), so ECR and the main head get features of unit
+  scale whatever the units learned.
+
+Every added layer is a BatchNorm or a pointwise product, so the receptive field (``radius``) is
+unchanged and the banded and tiled executors cover them as they cover the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +56,8 @@ Fusion = Literal["gate", "sum", "concat"]
 
 
 class MLKUnit(nn.Module):
-    """5x5 conv, parallel depthwise large-kernel convs of its output, and a fusion."""
+    """5x5 conv, parallel depthwise large-kernel convs of its output, and a fusion, inside a
+    pre-norm residual branch: ``x + gamma * fusion(BN(x))``."""
 
     def __init__(
         self,
@@ -47,16 +66,19 @@ class MLKUnit(nn.Module):
         fusion: Fusion = "gate",
         depthwise5: bool = False,
         depthwise_impl: DepthwiseImpl = "auto",
+        layer_scale_init: float = 1e-2,
     ):
         super().__init__()
         if fusion not in ("gate", "sum", "concat"):
             raise ValueError(f"unknown fusion {fusion!r}")
         self.fusion = fusion
         self.depthwise_impl = depthwise_impl
+        self.norm = nn.BatchNorm2d(dim)
         self.conv5 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim if depthwise5 else 1)
         self.branches = nn.ModuleList(DepthwiseConv2d(dim, k, impl=depthwise_impl) for k in kernel_sizes)
         fuse_in = dim * (2 + len(kernel_sizes)) if fusion == "concat" else dim
         self.fuse = nn.Conv2d(fuse_in, dim, 1)
+        self.layer_scale = nn.Parameter(torch.full((dim, 1, 1), float(layer_scale_init)))
 
     def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Identity plus every branch kernel, zero-padded to the largest: f5 + sum_k f_k in one conv."""
@@ -72,17 +94,22 @@ class MLKUnit(nn.Module):
                 bias = bias + b.bias
         return weight, bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f5 = self.conv5(x)
+    def attention(self, u: torch.Tensor) -> torch.Tensor:
+        """The paper's unit on a normalised input ``u``: the residual branch before its scale."""
+        f5 = self.conv5(u)
         if self.fusion == "concat":
-            return self.fuse(torch.cat([x, f5, *(b(f5) for b in self.branches)], dim=1))
+            return self.fuse(torch.cat([u, f5, *(b(f5) for b in self.branches)], dim=1))
         weight, bias = self.merged_kernel()
         y = self.fuse(depthwise_conv2d(f5, weight, bias, self.depthwise_impl))
-        return x * y if self.fusion == "gate" else y
+        return u * y if self.fusion == "gate" else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer_scale * self.attention(self.norm(x))
 
 
 class MLK(nn.Module):
-    """Multiple large kernel module: 1x1 reduce, activation, ``num_units`` units, 1x1 expand."""
+    """Multiple large kernel module: 1x1 reduce + BN + activation, ``num_units`` residual units,
+    1x1 expand + BN."""
 
     def __init__(
         self,
@@ -95,20 +122,25 @@ class MLK(nn.Module):
         depthwise5: bool = False,
         act_layer: type[nn.Module] = nn.GELU,
         depthwise_impl: DepthwiseImpl = "auto",
+        layer_scale_init: float = 1e-2,
     ):
         super().__init__()
-        self.reduce = nn.Conv2d(in_channels, hidden_channels, 1)
+        self.reduce = nn.Conv2d(in_channels, hidden_channels, 1, bias=False)
+        self.reduce_norm = nn.BatchNorm2d(hidden_channels)
         self.act = act_layer()
         self.units = nn.Sequential(*(
-            MLKUnit(hidden_channels, kernel_sizes, fusion, depthwise5, depthwise_impl) for _ in range(num_units)
+            MLKUnit(hidden_channels, kernel_sizes, fusion, depthwise5, depthwise_impl, layer_scale_init)
+            for _ in range(num_units)
         ))
-        self.expand = nn.Conv2d(hidden_channels, out_channels, 1)
+        self.expand = nn.Conv2d(hidden_channels, out_channels, 1, bias=False)
+        self.expand_norm = nn.BatchNorm2d(out_channels)
         self.out_channels = out_channels
         # Pixels an output reads on each side: per unit the 5x5 and, in parallel, the largest kernel.
         self.radius = num_units * (2 + max(kernel_sizes) // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expand(self.units(self.act(self.reduce(x))))
+        x = self.act(self.reduce_norm(self.reduce(x)))
+        return self.expand_norm(self.expand(self.units(x)))
 
 
 class LRD(MLK):
@@ -123,6 +155,7 @@ class LRD(MLK):
         depthwise5: bool = False,
         act_layer: type[nn.Module] = nn.GELU,
         depthwise_impl: DepthwiseImpl = "auto",
+        layer_scale_init: float = 1e-2,
     ):
         super().__init__(in_channels, out_channels, hidden_channels, 1, kernel_sizes, "concat", depthwise5,
-                         act_layer, depthwise_impl)
+                         act_layer, depthwise_impl, layer_scale_init)
