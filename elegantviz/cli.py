@@ -119,10 +119,18 @@ def _models(args: argparse.Namespace) -> None:
     print_models(args)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from elegantviz.engine.train import export_model
+
+    out = export_model(args.checkpoint, args.out, half=not args.float32)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from elegantviz.demo import run_demo
 
-    run_demo(Path(args.workdir), size=args.size, iters=args.iters, progress=not args.quiet)
+    run_demo(Path(args.workdir), size=args.size, iters=args.iters, progress=not args.quiet, train=args.train,
+             train_scenes=args.train_scenes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,11 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--in-chans", type=int, default=4, help="input bands (default 4)")
     m.add_argument("--size", type=int, default=1024, help="input side for the GFLOP count (default 1024)")
 
+    x = add("export", _export, "a predict-only checkpoint: float16 weights, config, classes, training log")
+    x.add_argument("checkpoint", help="a checkpoint written by train (best.pt)")
+    x.add_argument("out", help="the file to write")
+    x.add_argument("--float32", action="store_true", help="keep float32 weights")
+
     d = add("demo", _demo, "the main job end to end on a synthetic riverworld scene")
     d.add_argument("--workdir", default="demo", help="where the demo writes (default ./demo)")
     d.add_argument("--size", type=int, default=512,
                    help="training scene size in pixels (default 512; the held-out scene is twice as large)")
     d.add_argument("--iters", type=int, help="training iterations (default: the riverworld-cpu config's)")
+    d.add_argument("--train", action="store_true",
+                   help="train a model from scratch instead of using the shipped one")
+    d.add_argument("--train-scenes", type=int, default=3, help="training scenes with --train (default 3)")
     return p
 
 

@@ -6,7 +6,7 @@ import torch
 
 from elegantviz.config import TrainConfig, config_from_dict, list_configs, load_config
 from elegantviz.data.synthetic import synthesize_riverworld
-from elegantviz.engine.train import Trainer, lr_factor, load_model
+from elegantviz.engine.train import NonFiniteError, Trainer, load_model, lr_factor
 from elegantviz.errors import InputError
 
 
@@ -124,3 +124,120 @@ def test_auto_policy_refuses_a_budget_nothing_fits(scenes, tmp_path):
     cfg.memory.policy, cfg.memory.budget = "auto", "1MB"
     with pytest.raises(MemoryBudgetError, match="does not fit"):
         Trainer(cfg, progress=False)
+
+
+def _nan_on(calls: set[int]):
+    """elegantseg_loss that returns NaN on the given (1-based) calls."""
+    from elegantviz.losses import elegantseg_loss
+
+    count = {"n": 0}
+
+    def loss(*args, **kwargs):
+        count["n"] += 1
+        total, terms = elegantseg_loss(*args, **kwargs)
+        return (total * float("nan") if count["n"] in calls else total), terms
+
+    return loss
+
+
+def test_a_nan_loss_or_gradient_never_reaches_the_weights(scenes, tmp_path, monkeypatch):
+    monkeypatch.setattr("elegantviz.engine.train.elegantseg_loss", _nan_on({3}))
+    trainer = Trainer(small_config(scenes, tmp_path / "run", iters=4), progress=False)
+    trainer.step(), trainer.step()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    terms = trainer.step()  # NaN loss
+    assert terms["skipped"] and trainer.iteration == 2 and trainer.skipped == 1
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # a finite loss whose gradient is NaN is skipped as well
+    handle = trainer.model.head[-1].weight.register_hook(lambda g: g * float("nan"))
+    assert trainer.step()["skipped"] and trainer.skipped == 2
+    handle.remove()
+    trainer.fit()
+    assert trainer.iteration == 4
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum(1 for r in log if r.get("skipped")) == 2
+    assert [r["skipped_total"] for r in log if "lr" in r][-1] == 2
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(tmp_path / "run" / name, weights_only=False)
+        assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_training_stops_after_nan_steps_in_a_row_naming_the_last_checkpoint(scenes, tmp_path, monkeypatch):
+    monkeypatch.setattr("elegantviz.engine.train.elegantseg_loss", _nan_on(set(range(3, 100))))
+    cfg = small_config(scenes, tmp_path / "run", iters=6, ckpt_every=2, val_every=100)
+    trainer = Trainer(cfg, progress=False)
+    with pytest.raises(NonFiniteError, match=r"iteration 3: 3 steps in a row .* last good checkpoint is .*last.pt"):
+        trainer.fit()
+    assert trainer.iteration == 2 and trainer.skipped == 3
+    # a checkpoint of non-finite weights is refused and nothing is written
+    with torch.no_grad():
+        trainer.model.head[-1].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"bad.pt: refusing .* \(model.head.4.weight\) at iteration 2"):
+        trainer.save("bad.pt")
+    assert not (tmp_path / "run" / "bad.pt").exists()
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine"])
+def test_schedules_warm_up_linearly_and_decay_to_min_lr(schedule):
+    cfg = config_from_dict({"iters": 110, "optim": {"lr": 0.01, "schedule": schedule, "warmup": "linear",
+                                                    "warmup_iters": 10, "warmup_lr": 0.001, "min_lr": 1e-4}})
+    lrs = [0.01 * lr_factor(i, cfg) for i in range(111)]
+    np.testing.assert_allclose(lrs[:11], np.linspace(0.001, 0.01, 11))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[110] == pytest.approx(1e-4)
+    mid = 1e-4 + (0.01 - 1e-4) * (0.5**0.9 if schedule == "poly" else 0.5)
+    assert lrs[60] == pytest.approx(mid)
+
+
+def test_optimizer_choice_and_clipping(scenes, tmp_path):
+    cfg = small_config(scenes, tmp_path / "run", iters=1)
+    cfg.optim.optimizer, cfg.optim.grad_clip = "adamw", 1e-3
+    trainer = Trainer(cfg, progress=False)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    # norms and biases take no weight decay
+    no_decay = [g for g in trainer.optimizer.param_groups if g["name"].endswith("no-decay")]
+    assert no_decay and all(g["weight_decay"] == 0 for g in no_decay)
+    terms = trainer.step()
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert terms["grad_norm"] > 1e-3 and float(torch.cat([g.flatten() for g in grads]).norm()) <= 1e-3 * 1.001
+    cfg.optim.optimizer = "lion"
+    with pytest.raises(InputError, match="optim.optimizer: unknown optimizer 'lion'"):
+        Trainer(cfg, progress=False)
+
+
+def test_precise_bn_is_the_average_of_whole_scene_statistics_and_resume_stays_exact(scenes, tmp_path):
+    from elegantviz.engine.train import recompute_bn_stats
+
+    cfg = small_config(scenes, tmp_path / "run", iters=2, precise_bn=2)
+    trainer = Trainer(cfg, progress=False)
+    trainer.step()
+    live = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    precise = trainer.precise_model()
+    assert all(torch.equal(v, live[k]) for k, v in trainer.model.state_dict().items())  # untouched
+    # independent: each scene's batch statistics at the first norm, averaged
+    bn = precise.backbone.body.bn1
+    images = [trainer._whole_scene(s) for s in trainer.train_scenes[:2]]
+    seen = []
+    h = trainer.model.backbone.body.bn1.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    trainer.model.eval()
+    with torch.no_grad():
+        for x in images:
+            trainer.model(x, upsample=False)
+    h.remove()
+    mean = torch.stack([t.mean(dim=(0, 2, 3)) for t in seen]).mean(0)
+    var = torch.stack([t.var(dim=(0, 2, 3), unbiased=True) for t in seen]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(bn.running_mean, trainer.model.backbone.body.bn1.running_mean)
+    recompute_bn_stats(trainer.model, [])  # nothing to do: unchanged
+    # best.pt holds the precise statistics, last.pt the live ones; resume from last.pt is exact
+    trainer.fit()
+    straight = Trainer(small_config(scenes, tmp_path / "straight", iters=2, precise_bn=2), progress=False)
+    straight.fit()
+    half = Trainer(small_config(scenes, tmp_path / "half", iters=1, precise_bn=2), progress=False)
+    half.fit()
+    resumed = Trainer(small_config(scenes, tmp_path / "half", iters=2, precise_bn=2), progress=False)
+    resumed.resume()
+    resumed.fit()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -152,9 +152,30 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     cfg = config_from_dict(ck["config"], f"{path} config")
     table = ClassTable.from_dict(ck["classes"])
     model = build_model(cfg.model.name, table.num_classes, ck["in_chans"], **cfg.model.overrides)
-    model.load_state_dict(ck["model"])
+    model.load_state_dict(ck["model"])  # float16 weights (export_model) are cast to the model's dtype
     model.to(device).eval()
     return model, table, Normalization(**ck["norm"]), cfg, ck
+
+
+def export_model(checkpoint: str | Path, out: str | Path, half: bool = True) -> Path:
+    """A checkpoint for predicting only: weights (float16 with ``half``: half the size, and
+    float16 keeps what argmax needs), config, class table, normalisation and bands, plus the run's
+    ``log.jsonl`` when it sits beside the checkpoint. No optimizer, no random states: it can
+    predict and be fine-tuned from, not resumed. ``load_model`` reads it as any checkpoint."""
+    src = Path(checkpoint)
+    ck = torch.load(src, map_location="cpu", weights_only=False)
+    model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ck["model"].items()}
+    bad = nonfinite_tensors({"model": model})
+    if bad:
+        raise NonFiniteError(f"{src}: non-finite weights after export ({', '.join(bad[:3])})")
+    log = src.with_name("log.jsonl")
+    keep = ("config", "classes", "norm", "in_chans", "bands", "iteration", "best_miou", "skipped")
+    exported = {"model": model, **{k: ck[k] for k in keep if k in ck},
+                "log": log.read_text().splitlines() if log.is_file() else []}
+    dst = Path(out)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(exported, dst)
+    return dst
 
 
 class Trainer:
@@ -282,6 +303,8 @@ class Trainer:
         self.model.train()
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
+        # BatchNorm's running statistics move in forward: kept to be put back if the step is skipped
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
         totals = {"loss": 0.0, "seg": 0.0, "aux": 0.0}
         # backward runs inside the policy: the disk target removes its spill folder on exit
         with self.meter.step(iteration=self.iteration + 1), self.policy.apply(self.model, self.meter):
@@ -303,6 +326,9 @@ class Trainer:
         norm = float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
         totals["grad_norm"] = norm
         if not (math.isfinite(totals["loss"]) and math.isfinite(norm)):
+            with torch.no_grad():
+                for n, b in self.model.named_buffers():
+                    b.copy_(buffers[n])
             return self._skip(totals)
         self.bad_in_a_row = 0
         self.optimizer.step()
@@ -311,7 +337,8 @@ class Trainer:
         return totals
 
     def _skip(self, totals: dict) -> dict:
-        """A non-finite step: drop its gradients, count it, stop after too many in a row."""
+        """A non-finite step: drop its gradients, count it, stop after too many in a row (the
+        caller has put the norms' statistics back)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
         self.bad_in_a_row += 1

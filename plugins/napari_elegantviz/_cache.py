@@ -2,8 +2,9 @@
 
 - ``$ELEGANTVIZ_CACHE``, else ``$XDG_CACHE_HOME/elegantviz``, else ``~/.cache/elegantviz``:
   the cache root (samples live in ``samples/`` under it).
-- ``$ELEGANTVIZ_CHECKPOINT``, else ``<cache root>/checkpoint.pt`` when that file exists: the
-  checkpoint the sample data predicts with and the Predict dock starts from.
+- ``$ELEGANTVIZ_CHECKPOINT``, else ``<cache root>/checkpoint.pt`` when that file exists, else the
+  riverworld model shipped in the package: the checkpoint the sample data predicts with and the
+  Predict dock starts from. ``$ELEGANTVIZ_CHECKPOINT=none`` turns the default off.
 """
 
 from __future__ import annotations
@@ -23,9 +24,18 @@ def cache_root() -> Path:
 
 
 def configured_checkpoint() -> Path | None:
-    """The checkpoint named by ``$ELEGANTVIZ_CHECKPOINT`` or left in the cache root, if any."""
+    """The checkpoint named by ``$ELEGANTVIZ_CHECKPOINT``, left in the cache root, or shipped."""
     named = os.environ.get(CHECKPOINT_ENV)
     if named:
+        if named.lower() == "none":
+            return None
         return Path(named).expanduser() if Path(named).expanduser().is_file() else None
     default = cache_root() / CHECKPOINT_FILE
-    return default if default.is_file() else None
+    if default.is_file():
+        return default
+    from elegantviz.weights import shipped_checkpoint
+
+    try:
+        return shipped_checkpoint()
+    except FileNotFoundError:
+        return None
