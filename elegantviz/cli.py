@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--iters", type=int, help="training iterations (default: the riverworld-cpu config's)")
     d.add_argument("--train", action="store_true",
                    help="train a model from scratch instead of using the shipped one")
-    d.add_argument("--train-scenes", type=int, default=3, help="training scenes with --train (default 3)")
+    d.add_argument("--train-scenes", type=int, default=16,
+                   help="training scenes with --train (default 16, as the shipped model)")
     return p
 
 

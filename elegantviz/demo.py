@@ -20,15 +20,19 @@ from elegantviz.io.info import format_info, scene_info
 from elegantviz.weights import shipped_checkpoint
 
 
+# Training scenes take seeds seed .. seed + n - 1; validation and test stay clear of any such range.
+VAL_SEED, TEST_SEED = 10_000, 20_000
+
+
 def run_demo(workdir: Path, size: int = 512, seed: int = 0, iters: int | None = None, progress: bool = True,
-             train: bool = False, train_scenes: int = 3) -> dict:
+             train: bool = False, train_scenes: int = 16) -> dict:
     """The shipped model on a held-out scene, or with ``train`` the whole job from scratch."""
     started = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     steps = 4 if train else 3
     print(f"[1/{steps}] synthesizing riverworld scenes of {size} x {size} px in {workdir}/")
-    test = synthesize_riverworld(workdir / "test.zarr", height=2 * size, seed=seed + 20, overwrite=True,
+    test = synthesize_riverworld(workdir / "test.zarr", height=2 * size, seed=seed + TEST_SEED, overwrite=True,
                                  progress=progress)
     if train:
         tif = workdir / "train-0.tif"
@@ -38,7 +42,7 @@ def run_demo(workdir: Path, size: int = 512, seed: int = 0, iters: int | None = 
         for i in range(1, train_scenes):
             paths.append(synthesize_riverworld(workdir / f"train-{i}.zarr", height=size, seed=seed + i,
                                                overwrite=True, progress=progress).url)
-        val = synthesize_riverworld(workdir / "val.zarr", height=size, seed=seed + 10, overwrite=True,
+        val = synthesize_riverworld(workdir / "val.zarr", height=size, seed=seed + VAL_SEED, overwrite=True,
                                     progress=progress).url
     print(format_info(scene_info(test, progress=False)))
 

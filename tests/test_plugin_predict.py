@@ -366,3 +366,11 @@ def test_sample_is_predicted_when_a_checkpoint_is_configured(make_napari_viewer,
         plain = viewer.open_sample(PLUGIN, "riverworld")
     assert [ly.metadata["elegantviz"]["part"] for ly in plain] == ["image", "labels/gt"]
     assert "-pred-" not in plain[0].metadata["elegantviz"]["scene"]
+    # with neither, the shipped riverworld model is the default (for the sample and the Predict dock)
+    from elegantviz.weights import shipped_checkpoint
+    from napari_elegantviz._cache import configured_checkpoint
+
+    (tmp_path / "cache" / "checkpoint.pt").unlink()
+    assert configured_checkpoint() == shipped_checkpoint()
+    monkeypatch.setenv("ELEGANTVIZ_CHECKPOINT", "none")
+    assert configured_checkpoint() is None

@@ -148,7 +148,7 @@ def test_error_navigator_loads_regions_and_zooms_there(make_napari_viewer, store
 
 def test_sample_menus_and_view_scene(make_napari_viewer, monkeypatch, tmp_path, store):
     monkeypatch.setenv("ELEGANTVIZ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("ELEGANTVIZ_CHECKPOINT", raising=False)  # no checkpoint: the plain scene
+    monkeypatch.setenv("ELEGANTVIZ_CHECKPOINT", "none")  # no checkpoint: the plain scene
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "riverworld")
     assert [ly.name for ly in layers] == ["image", "gt"]

@@ -1,7 +1,7 @@
 """MLK (ElegantSeg) and LRD (EHSNet): large-kernel context modules.
 
-Both are ``1x1 conv (reduce to k) -> activation -> L units -> 1x1 conv (to d)``. A unit is a
-5x5 convolution f5 followed by parallel depthwise 7x7, 15x15 and 31x31 convolutions of f5
+Both are ``1x1 conv (reduce to k) -> BN -> activation -> L units -> 1x1 conv (to d) -> BN``.
+A unit is a 5x5 convolution f5 followed by parallel depthwise 7x7, 15x15 and 31x31 convolutions of f5
 (f7, f15, f31) and a fusion:
 
 - ``'concat'`` (LRD, EHSNet Eq. (1)): ``conv1x1(concat(f_in, f5, f7, f15, f31))``.
