@@ -100,11 +100,11 @@ def main() -> None:
                                     overwrite=True, progress=False, water_width=(lo, hi)).url
               for i in range(args.scenes + 1)]
     results = {"args": vars(args), "classes": ["cropland", "forest", "built-up", "river", "pond"]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for v in args.variants.split(","):
         results[v] = run(v, scenes[:-1], scenes[-1], args)
         print(v, json.dumps(results[v]))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+        Path(args.out).write_text(json.dumps(results, indent=2))  # after each variant: a cut run keeps its figures
 
 
 if __name__ == "__main__":
