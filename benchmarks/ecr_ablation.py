@@ -20,10 +20,12 @@ VARIANTS = {"projected": {"ecr_form": "projected"}, "paper": {"ecr_form": "paper
 
 
 def _ious(logits, labels, k):
-    from elegantviz.analysis.metrics import per_class_iou
+    import dask.array as da
 
-    pred = logits.argmax(1)[0].numpy().astype(np.int64)
-    cm = np.bincount(labels.ravel() * k + pred.ravel(), minlength=k * k).reshape(k, k)
+    from elegantviz.analysis.metrics import confusion_matrix, per_class_iou
+
+    pred = logits.argmax(1)[0].numpy()
+    cm = confusion_matrix(da.from_array(labels), da.from_array(pred), k, progress=False)
     return [None if np.isnan(v) else round(float(v), 3) for v in per_class_iou(cm)]
 
 
@@ -70,7 +72,7 @@ def run(variant: str, paths: list[str], held_out: str, args) -> dict:
     k = trainer.table.num_classes
     for name, scene in (("train", trainer.train_scenes[0]), ("held_out", open_scene(held_out))):
         img, _ = trainer.norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
-        labels = np.asarray(scene.label("gt", 0).compute()).astype(np.int64)
+        labels = np.asarray(scene.label("gt", 0).compute())
         with torch.no_grad():
             o = model(torch.from_numpy(img)[None])
         out[name] = {"main": _ious(o.logits, labels, k), "aux": _ious(o.aux_logits, labels, k)}

@@ -216,7 +216,7 @@ def test_precise_bn_is_the_average_of_whole_scene_statistics_and_resume_stays_ex
     assert all(torch.equal(v, live[k]) for k, v in trainer.model.state_dict().items())  # untouched
     # independent: each scene's batch statistics at the first norm, averaged
     bn = precise.backbone.body.bn1
-    images = [trainer._whole_scene(s) for s in trainer.train_scenes[:2]]
+    images = [trainer._whole_scene(s)[0] for s in trainer.train_scenes[:2]]
     seen = []
     h = trainer.model.backbone.body.bn1.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
     trainer.model.eval()

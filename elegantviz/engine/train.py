@@ -358,12 +358,13 @@ class Trainer:
         if not k:
             return self.model
         model = copy.deepcopy(self.model)
-        recompute_bn_stats(model, [self._whole_scene(s) for s in self.train_scenes[:k]], self._autocast)
+        recompute_bn_stats(model, [self._whole_scene(s)[0] for s in self.train_scenes[:k]], self._autocast)
         return model
 
-    def _whole_scene(self, scene) -> torch.Tensor:
-        img, _ = self.norm.apply(np.asarray(scene.image(self.cfg.data.level).compute()), scene.nodata)
-        return torch.from_numpy(img)[None].to(self.device)
+    def _whole_scene(self, scene) -> tuple[torch.Tensor, np.ndarray]:
+        """A whole scene, normalised, as a (1, c, H, W) tensor on the device, and its valid mask."""
+        img, valid = self.norm.apply(np.asarray(scene.image(self.cfg.data.level).compute()), scene.nodata)
+        return torch.from_numpy(img)[None].to(self.device), valid
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module | None = None) -> dict:
@@ -374,10 +375,10 @@ class Trainer:
         k = self.table.num_classes
         cm = np.zeros((k, k), np.int64)
         for s in self.val_scenes:
-            img, valid = self.norm.apply(np.asarray(s.image(self.cfg.data.level).compute()), s.nodata)
+            x, valid = self._whole_scene(s)
             lab = np.asarray(s.label(self.cfg.data.label, self.cfg.data.level).compute())
             with self._autocast():
-                logits = model(torch.from_numpy(img)[None].to(self.device)).logits
+                logits = model(x).logits
             pred = logits.argmax(1)[0].cpu().numpy()
             keep = (lab != self.table.ignore_index) & valid
             cm += np.bincount(lab[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)

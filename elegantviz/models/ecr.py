@@ -47,7 +47,7 @@ from ..autocast import compute_dtype, no_autocast
 from ..offload.pages import drop_file_pages, spill_mapping
 
 __all__ = ["ECR", "Evidence", "AttentionNorm", "ECRForm", "logit_margin", "select_hard", "num_hard",
-           "efficient_attention", "normalise", "CONTEXT_CHUNKS"]
+           "efficient_attention", "key_context", "normalise", "CONTEXT_CHUNKS"]
 
 AttentionNorm = Literal["softmax", "scaling"]
 ECRForm = Literal["projected", "paper"]
@@ -204,14 +204,20 @@ def efficient_attention(
     """
     if norm not in ("softmax", "scaling"):
         raise ValueError(f"unknown attention norm {norm!r}")
-    n_pos = feats.shape[-1]
-    q = normalise(queries, 1, norm, n_pos)  # over channels
-    context = _KeyContext.apply(feats, norm)  # (n, d_k, d_v), keys softmaxed over positions
+    q = normalise(queries, 1, norm, feats.shape[-1])  # over channels
+    context, keys = key_context(feats, norm, return_keys)
+    return torch.bmm(context.transpose(1, 2), q), q, keys, context
+
+
+def key_context(feats: torch.Tensor, norm: AttentionNorm, return_keys: bool = False):
+    """(context rho_k(F) F^T (n, d, d), and the detached keys rho_k(F) (n, d, N) or None) of
+    features (n, d, N); the keys are never kept for backward."""
+    context = _KeyContext.apply(feats, norm)
     keys = None
     if return_keys:
         with torch.no_grad():
-            keys = normalise(feats, 2, norm, n_pos)
-    return torch.bmm(context.transpose(1, 2), q), q, keys, context
+            keys = normalise(feats, 2, norm, feats.shape[-1])
+    return context, keys
 
 
 class ECR(nn.Module):
@@ -261,12 +267,10 @@ class ECR(nn.Module):
         gather_idx = idx.unsqueeze(1).expand(n, d, idx.shape[1])
         hard = flat.gather(2, gather_idx)
         q = self.queries(hard, h * w)
-        context = _KeyContext.apply(flat, self.norm)
+        context, keys = key_context(flat, self.norm, return_evidence)
         out = flat.scatter(2, gather_idx, self.refine(hard, context, q).to(flat.dtype)).view(n, d, h, w)
         evidence = None
         if return_evidence:
-            with torch.no_grad():
-                keys = normalise(flat, 2, self.norm, h * w)
             evidence = Evidence(
                 margin=margin,
                 hard_indices=idx,
