@@ -17,8 +17,8 @@ _LAZY = {
     "Scene": "elegantviz.io.store",
     "convert_raster": "elegantviz.io.convert",
     "synthesize_riverworld": "elegantviz.data.synthetic",
-    "get_class_table": "elegantviz.data.classes",
-    "ClassTable": "elegantviz.data.classes",
+    "get_class_table": "elegantviz.classes",
+    "ClassTable": "elegantviz.classes",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from elegantviz.data.classes import (
+from elegantviz.classes import (
     BUILTIN_TABLES, DEEPGLOBE, FBP, IGNORE_INDEX, INRIA, LOVEDA, RIVERWORLD, get_class_table, table_from_values,
 )
 from elegantviz.errors import InputError

@@ -8,7 +8,7 @@ from elegantviz.analysis.boundaries import boundary_counts, boundary_fscore, bou
 from elegantviz.analysis.errors import error_codes
 from elegantviz.analysis.metrics import confusion_matrix, mean_iou, per_class_iou, summarize
 from elegantviz.cli import main
-from elegantviz.data.classes import DEEPGLOBE, RIVERWORLD
+from elegantviz.classes import DEEPGLOBE, RIVERWORLD
 from elegantviz.io.store import open_scene
 
 

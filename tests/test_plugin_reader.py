@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
-from elegantviz.data.classes import RIVERWORLD
+from elegantviz.classes import RIVERWORLD
 from elegantviz.data.synthetic import POND, RIVER
 from elegantviz.errors import InputError
 from elegantviz.io.store import create_scene, open_scene
@@ -130,7 +130,7 @@ def test_reader_loads_nothing_up_front(store, tmp_path):
 
 
 def test_reader_keeps_the_names_prediction_gives_the_hard_region(tmp_path):
-    from elegantviz.data.classes import ClassTable
+    from elegantviz.classes import ClassTable
 
     from napari_elegantviz._reader import read_scene
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from elegantviz.data.classes import RIVERWORLD
+from elegantviz.classes import RIVERWORLD
 from elegantviz.data.synthetic import RiverworldSpec, render_image, render_labels
 from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
 from elegantviz.io.pyramid import mean_pool, mode_pool

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 
 from elegantviz.analysis import bae, confusions, gallery, hard_region
-from elegantviz.data.classes import RIVERWORLD
+from elegantviz.classes import RIVERWORLD
 from elegantviz.data.synthetic import POND, RIVER
 from elegantviz.viz import plots, widgets
 

@@ -12,7 +12,7 @@ import dask.array as da
 import numpy as np
 
 from elegantviz.analysis.regions import find_regions
-from elegantviz.data.classes import ClassTable
+from elegantviz.classes import ClassTable
 from elegantviz.errors import InputError
 
 IGNORE = 255

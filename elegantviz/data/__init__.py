@@ -1,1 +1,1 @@
-"""Class tables, synthetic scenes and samplers over scene stores."""
+"""Synthetic scenes and samplers over scene stores."""

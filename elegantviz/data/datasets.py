@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from elegantviz.data.classes import IGNORE_INDEX, ClassTable
+from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.data.transforms import random_crop, random_dihedral
 from elegantviz.errors import InputError
 from elegantviz.io.store import Scene, open_scene

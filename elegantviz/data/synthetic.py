@@ -16,7 +16,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from elegantviz.data.classes import RIVERWORLD
+from elegantviz.classes import RIVERWORLD
 from elegantviz.errors import InputError
 
 CROPLAND, FOREST, BUILT, RIVER, POND = range(5)

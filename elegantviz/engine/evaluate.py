@@ -15,7 +15,7 @@ import numpy as np
 from elegantviz.analysis.boundaries import boundary_fscore
 from elegantviz.analysis.errors import error_map, pair_name, pair_regions, parse_pairs
 from elegantviz.analysis.metrics import confusion_matrix, summarize
-from elegantviz.data.classes import ClassInfo, ClassTable
+from elegantviz.classes import ClassInfo, ClassTable
 from elegantviz.errors import InputError
 from elegantviz.io.store import open_scene
 

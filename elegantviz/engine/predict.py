@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from elegantviz.analysis.errors import error_map, parse_pairs
-from elegantviz.data.classes import ClassTable
+from elegantviz.classes import ClassTable
 from elegantviz.engine.evaluate import error_table
 from elegantviz.engine.train import load_model, pick_device
 from elegantviz.errors import InputError

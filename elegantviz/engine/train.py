@@ -138,7 +138,7 @@ def _set_rng_states(s: dict) -> None:
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu"):
     """Model, class table, normalisation and config from a checkpoint written by `train`."""
     from elegantviz.config import config_from_dict
-    from elegantviz.data.classes import ClassTable
+    from elegantviz.classes import ClassTable
 
     path = Path(ckpt_path)
     if not path.exists():

@@ -16,7 +16,7 @@ from typing import Sequence
 import dask.array as da
 import numpy as np
 
-from elegantviz.data.classes import IGNORE_INDEX, ClassTable, get_class_table, table_from_values
+from elegantviz.classes import IGNORE_INDEX, ClassTable, get_class_table, table_from_values
 from elegantviz.errors import InputError
 from elegantviz.io.blocks import map_blocks_collect
 from elegantviz.io.geo import BandRef, RasterMeta, RasterSource, common_nodata, describe, small_gdal_cache

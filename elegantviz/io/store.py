@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 
 from elegantviz import __version__
-from elegantviz.data.classes import IGNORE_INDEX, ClassTable
+from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
 from elegantviz.io.blocks import PROGRESS_GROUP, write_blockwise
 from elegantviz.io.pyramid import downsample, level_shapes

@@ -16,7 +16,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from elegantviz.data.classes import ClassInfo, ClassTable
+from elegantviz.classes import ClassInfo, ClassTable
 from elegantviz.errors import InputError
 from elegantviz.io.store import Scene
 

@@ -15,7 +15,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
-from elegantviz.data.classes import ClassTable
+from elegantviz.classes import ClassTable
 
 from ._palette import label_colormap, table_from_layer
 from ._shares import count_blocks, count_window, counting_level, shares, view_box, view_window

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from elegantviz.data.classes import IGNORE_INDEX, ClassInfo, ClassTable, auto_color
+from elegantviz.classes import IGNORE_INDEX, ClassInfo, ClassTable, auto_color
 
 IGNORE_NAME = "ignore"
 

@@ -15,7 +15,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from elegantviz.data.classes import IGNORE_INDEX, ClassTable
+from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import InputError
 
 from ._palette import table_from_layer
