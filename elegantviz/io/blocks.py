@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-PROGRESS_GROUP = "_progress"
+from elegantviz.io.schema import PROGRESS_GROUP
 
 
 class BlockLedger:

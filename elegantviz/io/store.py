@@ -9,8 +9,6 @@ half-written part for a finished one; ``_progress/`` records finished blocks for
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,48 +21,11 @@ import zarr
 from elegantviz import __version__
 from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
-from elegantviz.io.blocks import PROGRESS_GROUP, write_blockwise
-from elegantviz.io.pyramid import downsample, level_shapes
+from elegantviz.io.bands import NATURAL, choose_bands, stored_windows
+from elegantviz.io.ngff import from_json_number, image_label, json_number, multiscales, omero_channels, write_pyramid
+from elegantviz.io.schema import CACHE_GROUP, KEY, LABELS, MAPS, NGFF_VERSION, PROGRESS_GROUP, part_path
 
-NGFF_VERSION = "0.5"
-KEY = "elegantviz"
 DEFAULT_TILE = 512
-
-
-# --- metadata helpers ------------------------------------------------------------------------
-def _json_number(v: float | None) -> float | str | None:
-    if v is None:
-        return None
-    v = float(v)
-    return "NaN" if math.isnan(v) else (int(v) if v.is_integer() else v)
-
-
-def _from_json_number(v: Any) -> float | None:
-    if v is None:
-        return None
-    return float("nan") if v == "NaN" else float(v)
-
-
-def _multiscales(name: str, axes: Sequence[str], n_levels: int) -> list[dict]:
-    """NGFF multiscales in pixel units of level 0; each level's pixels are centred."""
-    axis_type = {"c": "channel", "y": "space", "x": "space"}
-    datasets = []
-    for k in range(n_levels):
-        f = 2**k
-        scale = [1.0 if a == "c" else float(f) for a in axes]
-        shift = [0.0 if a == "c" else (f - 1) / 2 for a in axes]
-        transforms: list[dict] = [{"type": "scale", "scale": scale}]
-        if k:
-            transforms.append({"type": "translation", "translation": shift})
-        datasets.append({"path": str(k), "coordinateTransformations": transforms})
-    return [
-        {
-            "name": name,
-            "axes": [{"name": a, "type": axis_type[a]} for a in axes],
-            "datasets": datasets,
-            "type": "mean" if "c" in axes else "mode",
-        }
-    ]
 
 
 def _open_group(url: str | Path, mode: str) -> zarr.Group:
@@ -79,50 +40,6 @@ def _open_group(url: str | Path, mode: str) -> zarr.Group:
 def _is_local_missing(url: str | Path) -> bool:
     s = str(url)
     return "://" not in s and not Path(s).exists()
-
-
-# --- writing pyramids -------------------------------------------------------------------------
-def _write_pyramid(
-    root: zarr.Group,
-    prefix: str,
-    data: da.Array,
-    kind: str,
-    tile: int,
-    fill: Any,
-    nodata: float | None,
-    desc: str,
-    progress: bool,
-) -> int:
-    """Create (or reuse, when resuming) arrays ``prefix/0..n`` and write every level."""
-    shapes = level_shapes(data.shape[-2], data.shape[-1], tile)
-    lead = tuple(data.shape[:-2])
-    chunks = (1,) * len(lead) + (tile, tile)
-    dims = ("c", "y", "x")[-data.ndim :]
-    for k, (h, w) in enumerate(shapes):
-        path = f"{prefix}/{k}" if prefix else str(k)
-        shape = lead + (h, w)
-        try:
-            existing = root[path]
-            ok = tuple(existing.shape) == shape and existing.dtype == data.dtype
-        except KeyError:
-            ok = False
-        if not ok:
-            root.create_array(path, shape=shape, dtype=data.dtype, chunks=chunks, fill_value=fill,
-                              dimension_names=dims, overwrite=True)
-    for k in range(len(shapes)):
-        path = f"{prefix}/{k}" if prefix else str(k)
-        if k == 0:
-            level = data
-        else:
-            prev = da.from_zarr(root[f"{prefix}/{k - 1}" if prefix else str(k - 1)])
-            prev = prev.rechunk(lead + (2 * tile, 2 * tile))
-            level = downsample(prev, kind, nodata=nodata, ignore=IGNORE_INDEX)
-        if root[path].attrs.get(KEY, {}).get("complete"):
-            continue
-        started = time.perf_counter()
-        write_blockwise(level, root, path, desc=f"{desc} level {k}", progress=progress)
-        root[path].attrs[KEY] = {"complete": True, "write_seconds": round(time.perf_counter() - started, 3)}
-    return len(shapes)
 
 
 def _as_dask(data: Any, ndim: int, what: str) -> da.Array:
@@ -165,7 +82,7 @@ class Scene:
 
     @property
     def nodata(self) -> float | None:
-        return _from_json_number(self.meta.get("nodata"))
+        return from_json_number(self.meta.get("nodata"))
 
     @property
     def classes(self) -> ClassTable | None:
@@ -191,6 +108,23 @@ class Scene:
 
     def image(self, level: int = 0) -> da.Array:
         return self.levels[level]
+
+    def tile_levels(self) -> list[da.Array]:
+        """The image pyramid with every band of a tile in one dask chunk: a viewer's screenful
+        then costs one read per tile instead of one per band and tile."""
+        out = []
+        for k in range(self.num_levels):
+            arr = self.root[str(k)]
+            out.append(da.from_zarr(arr, chunks=(arr.shape[0], *arr.chunks[-2:]), inline_array=True))
+        return out
+
+    def band_indices(self, composite: str = NATURAL) -> list[int]:
+        """Bands to show: [r, g, b] (natural colour or NIR false colour) or [k] for grey."""
+        return choose_bands(self.bands, composite)
+
+    def display_windows(self) -> list[tuple[float, float]]:
+        """(start, end) contrast window of every band, as conversion stored it."""
+        return stored_windows(self.root.attrs.get("ome", {}), len(self.bands), self.dtype)
 
     # labels and maps --------------------------------------------------------------------------
     def _parts(self, kind: str, complete: bool = True) -> list[str]:
@@ -233,7 +167,7 @@ class Scene:
         return self.label_levels(name)[level]
 
     def label_classes(self, name: str) -> ClassTable | None:
-        d = self.root[f"labels/{name}"].attrs.get(KEY, {}).get("classes")
+        d = self.part_meta(LABELS, name).get("classes")
         return ClassTable.from_dict(d) if d else None
 
     def map_levels(self, name: str) -> list[da.Array]:
@@ -243,7 +177,36 @@ class Scene:
         return self.map_levels(name)[level]
 
     def map_attrs(self, name: str) -> dict:
-        return dict(self.root[f"maps/{name}"].attrs.get(KEY, {}))
+        return self.part_meta(MAPS, name)
+
+    def part_meta(self, kind: str, name: str) -> dict:
+        """A part's elegantviz attributes (classes, stride, pairs, ...); {} for a bare NGFF part."""
+        path = part_path(kind, name)
+        if path not in self.root:
+            raise InputError(f"{self.url}: no {path}")
+        return dict(self.root[path].attrs.get(KEY, {}))
+
+    def update_part_meta(self, kind: str, name: str, **values: Any) -> None:
+        """Add entries to a finished part's elegantviz attributes (e.g. evaluation's regions)."""
+        meta = self.part_meta(kind, name)
+        meta.update(values)
+        self.root[part_path(kind, name)].attrs[KEY] = meta
+
+    # scratch space ----------------------------------------------------------------------------
+    def scratch(self, name: str, create: bool = False) -> zarr.Group | None:
+        """``_predict/<name>``: a job's intermediate arrays, kept until it finishes so that an
+        interrupted run resumes; None when absent and not ``create``."""
+        path = f"{CACHE_GROUP}/{name}"
+        if path in self.root:
+            return self.root[path]
+        return self.root.require_group(path) if create else None
+
+    def drop_scratch(self, name: str) -> None:
+        path = f"{CACHE_GROUP}/{name}"
+        if path in self.root:
+            del self.root[path]
+        if CACHE_GROUP in self.root and not list(self.root[CACHE_GROUP].keys()):
+            del self.root[CACHE_GROUP]
 
     # writing ----------------------------------------------------------------------------------
     def _start_part(self, kind: str, name: str, overwrite: bool) -> zarr.Group:
@@ -296,18 +259,9 @@ class Scene:
             raise InputError(f"{self.url}: labels/{name} must be uint8 class ids, got {arr.dtype}")
         classes = classes or self.classes
         group = self._start_part("labels", name, overwrite)
-        n = _write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self.tile, IGNORE_INDEX,
+        n = write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self.tile, IGNORE_INDEX,
                            None, f"labels/{name}", progress)
-        ome: dict = {"version": NGFF_VERSION, "multiscales": _multiscales(name, ("y", "x"), n)}
-        if classes is not None:
-            ome["image-label"] = {
-                "colors": [{"label-value": c.id, "rgba": [*c.color, 255]} for c in classes.classes]
-                + [{"label-value": IGNORE_INDEX, "rgba": [0, 0, 0, 0]}],
-                "properties": [{"label-value": c.id, "class": c.name} for c in classes.classes],
-                "source": {"image": "../../"},
-            }
-        else:
-            ome["image-label"] = {"source": {"image": "../../"}}
+        ome = {"version": NGFF_VERSION, "multiscales": multiscales(name, ("y", "x"), n), "image-label": image_label(classes)}
         group.attrs.update({"ome": ome, KEY: {"complete": True, "classes": classes.to_dict() if classes else None}})
         labels = self.root["labels"]
         names = sorted(set(labels.attrs.get("ome", {}).get("labels", [])) | {name})
@@ -333,10 +287,10 @@ class Scene:
             raise InputError(f"{self.url}: maps/{name} must be (y, x) or (c, y, x), got {arr.shape}")
         arr = arr.astype(dtype)
         group = self._start_part("maps", name, overwrite)
-        n = _write_pyramid(self.root, f"maps/{name}", arr, "mean", tile or self.tile, np.nan, None,
+        n = write_pyramid(self.root, f"maps/{name}", arr, "mean", tile or self.tile, np.nan, None,
                            f"maps/{name}", progress)
         axes = ("c", "y", "x")[-arr.ndim :]
-        group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": _multiscales(name, axes, n)},
+        group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": multiscales(name, axes, n)},
                             KEY: {"complete": True, **(attrs or {})}})
 
     def finalize(self) -> None:
@@ -435,7 +389,7 @@ def create_scene(
         root = zarr.open_group(str(url), mode="w")
         root.attrs.update(
             {
-                "ome": {"version": NGFF_VERSION, "multiscales": _multiscales("image", ("c", "y", "x"), 1)},
+                "ome": {"version": NGFF_VERSION, "multiscales": multiscales("image", ("c", "y", "x"), 1)},
                 KEY: {
                     "format": 1,
                     "complete": False,
@@ -445,45 +399,21 @@ def create_scene(
                     "palette": classes.palette()[: classes.num_classes].tolist() if classes else None,
                     "crs": crs,
                     "transform": list(transform) if transform is not None else None,
-                    "nodata": _json_number(nodata),
+                    "nodata": json_number(nodata),
                     "source": source,
                     "created_by": f"elegantviz {__version__}",
                 },
             }
         )
     fill = nodata if nodata is not None else 0
-    n = _write_pyramid(root, "", arr, "mean", tile, fill, nodata, "image", progress)
+    n = write_pyramid(root, "", arr, "mean", tile, fill, nodata, "image", progress)
     ome = {
         "version": NGFF_VERSION,
-        "multiscales": _multiscales("image", ("c", "y", "x"), n),
-        "omero": _omero(root[str(n - 1)], bands, nodata),
+        "multiscales": multiscales("image", ("c", "y", "x"), n),
+        "omero": omero_channels(root[str(n - 1)], bands, nodata),
     }
     root.attrs["ome"] = ome
     scene = Scene(root, str(url))
     if finalize:
         scene.finalize()
     return scene
-
-
-def _omero(top: zarr.Array, bands: Sequence[str], nodata: float | None) -> dict:
-    """Display windows (2nd-98th percentile of the coarsest level) so viewers open with contrast."""
-    data = np.asarray(top[...]).astype(np.float64)
-    colors = ["FF0000", "00FF00", "0000FF", "FFFFFF"]
-    channels = []
-    for i, name in enumerate(bands):
-        band = data[i]
-        ok = ~np.isnan(band)
-        if nodata is not None and not math.isnan(nodata):
-            ok &= band != nodata
-        vals = band[ok]
-        lo, hi = (np.percentile(vals, [2, 98]) if vals.size else (0.0, 1.0))
-        mn, mx = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
-        channels.append(
-            {
-                "label": name,
-                "color": colors[i] if i < 3 else "FFFFFF",
-                "active": i < 3,
-                "window": {"start": float(lo), "end": float(max(hi, lo + 1e-6)), "min": mn, "max": mx},
-            }
-        )
-    return {"channels": channels, "rdefs": {"model": "color"}}
