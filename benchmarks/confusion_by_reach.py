@@ -58,10 +58,11 @@ def effective_field(ckpt: str, url: str, dist: np.ndarray, points: int = 4, patc
     """Radius (px) holding 50 % / 90 % of |d(river - pond logit) / d input| for river patches."""
     import torch
 
-    from elegantviz.engine.train import load_model
+    from elegantviz.engine.checkpoints import load_model
     from elegantviz.io.store import open_scene
 
-    model, table, norm, _, _ = load_model(ckpt)
+    trained = load_model(ckpt)
+    model, table, norm = trained.model, trained.classes, trained.norm
     scene = open_scene(url)
     x, _ = norm.apply(scene.image().compute(), scene.nodata)
     image = torch.from_numpy(x)[None].requires_grad_(True)

@@ -19,6 +19,10 @@ _LAZY = {
     "synthesize_riverworld": "elegantviz.data.synthetic",
     "get_class_table": "elegantviz.classes",
     "ClassTable": "elegantviz.classes",
+    "load_model": "elegantviz.engine.checkpoints",
+    "TrainedModel": "elegantviz.engine.checkpoints",
+    "predict_scene": "elegantviz.engine.predict",
+    "evaluate_scene": "elegantviz.engine.evaluate",
 }
 
 __all__ = ["__version__", *_LAZY]

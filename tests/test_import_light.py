@@ -28,3 +28,4 @@ def test_lazy_public_api_resolves():
 
     assert callable(elegantviz.open_scene) and callable(elegantviz.convert_raster)
     assert callable(elegantviz.synthesize_riverworld)
+    assert callable(elegantviz.load_model) and callable(elegantviz.predict_scene)

@@ -7,8 +7,10 @@ from elegantviz.cli import main
 from elegantviz.config import config_from_dict
 from elegantviz.data.synthetic import synthesize_riverworld
 from elegantviz.engine import predict as predict_mod
-from elegantviz.engine.predict import predict_scene, sobel_map
-from elegantviz.engine.train import Trainer, load_model
+from elegantviz.analysis.sobel import sobel_map
+from elegantviz.engine.predict import predict_scene
+from elegantviz.engine.checkpoints import load_model
+from elegantviz.engine.train import Trainer
 from elegantviz.errors import InputError
 from elegantviz.io.store import open_scene
 from elegantviz.losses import label_sobel
@@ -39,7 +41,8 @@ def test_holistic_prediction_writes_pred_and_evidence(checkpoint, tmp_path):
     assert {"margin", "boundary", "keys", "queries", "attention"} <= set(s.maps)
     assert "_predict" not in s.root and not summary["resumed"]
     # the stored prediction is the model's own argmax on the whole normalised scene
-    model, table, norm, cfg, _ = load_model(checkpoint)
+    trained = load_model(checkpoint)
+    model, table, norm, cfg = trained.model, trained.classes, trained.norm, trained.config
     img, _ = norm.apply(s.image().compute(), s.nodata)
     with torch.no_grad():
         out = model(torch.from_numpy(img)[None], return_evidence=True)
@@ -74,13 +77,15 @@ def test_sobel_map_blockwise_equals_whole_map():
 def test_interrupted_prediction_resumes_without_running_the_network(checkpoint, tmp_path, monkeypatch):
     scene = fresh_scene(tmp_path)
     calls = {"forward": 0}
-    real_forward = predict_mod.forward_holistic
+    from elegantviz.inference import whole
+
+    real_forward = whole.predict_whole
 
     def counting(*a, **k):
         calls["forward"] += 1
         return real_forward(*a, **k)
 
-    monkeypatch.setattr(predict_mod, "forward_holistic", counting)
+    monkeypatch.setattr(whole, "predict_whole", counting)
     real_add_map = type(scene).add_map
 
     def failing_add_map(self, name, *a, **k):
@@ -117,7 +122,8 @@ def test_attention_from_stored_keys_matches_the_model(checkpoint, tmp_path):
     scene = fresh_scene(tmp_path)
     predict_scene(checkpoint, scene.url, progress=False)
     s = open_scene(scene.url)
-    model, _, norm, _, _ = load_model(checkpoint)
+    trained = load_model(checkpoint)
+    model, norm = trained.model, trained.norm
     img, _ = norm.apply(s.image().compute(), s.nodata)
     with torch.no_grad():
         ev = model(torch.from_numpy(img)[None], return_evidence=True).evidence
@@ -158,7 +164,8 @@ def test_tiled_prediction_writes_the_same_store(checkpoint, tmp_path):
     from elegantviz.engine.tiled import forward_tiled
 
     assert "_predict" not in sb.root
-    model, _, norm, _, _ = load_model(checkpoint)
+    trained = load_model(checkpoint)
+    model, norm = trained.model, trained.norm
     img, _ = norm.apply(sb.image().compute(), sb.nodata)
     ref = forward_tiled(model, img, tile=64)
     for key in ("keys", "queries"):

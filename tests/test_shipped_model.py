@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from elegantviz.data.synthetic import POND, RIVER
-from elegantviz.engine.train import load_model
+from elegantviz.engine.checkpoints import load_model
 from elegantviz.weights import shipped_checkpoint
 
 
@@ -29,7 +29,8 @@ def test_shipped_model_finds_rivers_and_ponds_on_a_held_out_scene(tmp_path):
 
     torch.set_num_threads(2)
     scene = synthesize_riverworld(tmp_path / "held-out.zarr", height=1024, seed=900, progress=False)
-    model, table, norm, _, _ = load_model(shipped_checkpoint())
+    trained = load_model(shipped_checkpoint())
+    model, table, norm = trained.model, trained.classes, trained.norm
     img, _ = norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
     labels = np.asarray(scene.label("gt", 0).compute()).astype(np.int64)
     with torch.no_grad():

@@ -6,7 +6,8 @@ import torch
 
 from elegantviz.config import TrainConfig, config_from_dict, list_configs, load_config
 from elegantviz.data.synthetic import synthesize_riverworld
-from elegantviz.engine.train import NonFiniteError, Trainer, load_model, lr_factor
+from elegantviz.engine.checkpoints import NonFiniteError, load_model
+from elegantviz.engine.train import Trainer, lr_factor
 from elegantviz.errors import InputError
 
 
@@ -72,8 +73,9 @@ def test_training_lowers_the_loss_and_checkpoints_load(scenes, tmp_path):
     best = trainer.fit()
     log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if "loss" in l]
     assert log[-1]["loss"] < first
-    model, table, norm, cfg2, ck = load_model(best)
-    assert table.names[3] == "river" and len(norm.mean) == 4 and ck["bands"] == ["red", "green", "blue", "nir"]
+    trained = load_model(best)
+    assert trained.classes.names[3] == "river" and len(trained.norm.mean) == 4
+    assert trained.bands == ["red", "green", "blue", "nir"] and trained.in_chans == 4
     assert not (tmp_path / "run" / "last.pt.tmp").exists()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="junk.pt: not a readable elegantviz checkpoint"):

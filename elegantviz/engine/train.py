@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -39,17 +38,9 @@ from elegantviz.config import TrainConfig, save_config
 from elegantviz.data.datasets import Normalization, SceneSampler, open_training_scenes
 from elegantviz.errors import InputError
 from elegantviz.losses import elegantseg_loss
+from elegantviz.engine.checkpoints import NonFiniteError, nonfinite_tensors, pick_device, save_atomic
 from elegantviz.models.registry import build_model
 from elegantviz.offload import MemoryMeter, Policy, mmap_large_allocations, parse_size, plan
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for, but CUDA is not available here")
-    return dev
 
 
 def lr_factor(it: int, cfg: TrainConfig) -> float:
@@ -100,28 +91,6 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     return out
 
 
-def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
-    """Names of the floating tensors in a (nested) state that hold NaN or inf."""
-    bad = []
-    for k, v in state.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            bad += nonfinite_tensors(v, name + ".")
-        elif isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            bad.append(name)
-    return bad
-
-
-class NonFiniteError(InputError):
-    """Training stopped: too many steps in a row with a non-finite loss or gradients."""
-
-
-def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _rng_states() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -133,49 +102,6 @@ def _set_rng_states(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu"):
-    """Model, class table, normalisation and config from a checkpoint written by `train`."""
-    from elegantviz.config import config_from_dict
-    from elegantviz.classes import ClassTable
-
-    path = Path(ckpt_path)
-    if not path.exists():
-        raise InputError(f"{path}: no such checkpoint")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise InputError(f"{path}: not a readable elegantviz checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise InputError(f"{path}: not an elegantviz checkpoint (no model/config entries)")
-    cfg = config_from_dict(ck["config"], f"{path} config")
-    table = ClassTable.from_dict(ck["classes"])
-    model = build_model(cfg.model.name, table.num_classes, ck["in_chans"], **cfg.model.overrides)
-    model.load_state_dict(ck["model"])  # float16 weights (export_model) are cast to the model's dtype
-    model.to(device).eval()
-    return model, table, Normalization(**ck["norm"]), cfg, ck
-
-
-def export_model(checkpoint: str | Path, out: str | Path, half: bool = True) -> Path:
-    """A checkpoint for predicting only: weights (float16 with ``half``: half the size, and
-    float16 keeps what argmax needs), config, class table, normalisation and bands, plus the run's
-    ``log.jsonl`` when it sits beside the checkpoint. No optimizer, no random states: it can
-    predict and be fine-tuned from, not resumed. ``load_model`` reads it as any checkpoint."""
-    src = Path(checkpoint)
-    ck = torch.load(src, map_location="cpu", weights_only=False)
-    model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ck["model"].items()}
-    bad = nonfinite_tensors({"model": model})
-    if bad:
-        raise NonFiniteError(f"{src}: non-finite weights after export ({', '.join(bad[:3])})")
-    log = src.with_name("log.jsonl")
-    keep = ("config", "classes", "norm", "in_chans", "bands", "iteration", "best_miou", "skipped")
-    exported = {"model": model, **{k: ck[k] for k in keep if k in ck},
-                "log": log.read_text().splitlines() if log.is_file() else []}
-    dst = Path(out)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(exported, dst)
-    return dst
 
 
 class Trainer:

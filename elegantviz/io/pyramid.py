@@ -94,3 +94,10 @@ def downsample(arr: da.Array, kind: str, nodata: float | None = None, ignore: in
     # gives exactly ceil(n / 2) in total.
     chunks = arr.chunks[:-2] + tuple(tuple(math.ceil(c / 2) for c in cs) for cs in arr.chunks[-2:])
     return arr.map_blocks(fn, chunks=chunks, dtype=arr.dtype)
+
+
+def upsample_nearest(a, stride: int, shape: tuple[int, int], tile: int) -> da.Array:
+    """A feature-resolution map at image resolution, lazily (each feature pixel covers stride^2 px)."""
+    lazy = da.from_array(a, chunks=max(1, tile // stride))
+    up = lazy.repeat(stride, axis=-2).repeat(stride, axis=-1)
+    return up[..., : shape[0], : shape[1]]

@@ -1,7 +1,7 @@
 """Models shipped inside the package (no download at run time).
 
 ``riverworld-cpu.pt``: ElegantSeg's CPU preset trained on riverworld by the command in the
-README (float16 weights, its config and training log; ``elegantviz.engine.train.export_model``).
+README (float16 weights, its config and training log; ``elegantviz.engine.checkpoints.export_model``).
 """
 
 from __future__ import annotations
