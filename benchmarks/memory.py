@@ -58,7 +58,7 @@ def one(args: argparse.Namespace) -> dict:
     import torch
 
     from elegantviz.offload import MemoryMeter, Policy
-    from elegantviz.offload.planner import _default_loss
+    from elegantviz.offload.planner import default_loss
 
     if args.mmap_threshold:
         from elegantviz.offload import mmap_large_allocations
@@ -77,7 +77,7 @@ def one(args: argparse.Namespace) -> dict:
     with meter.step() as stats:
         with policy.apply(model, meter):
             # as the trainer: logits at the feature stride, BAE loss upsampled band by band
-            loss = _default_loss(model(x, upsample=False) if used != "hrnet_w18" else model(x))
+            loss = default_loss(model(x, upsample=False) if used != "hrnet_w18" else model(x))
             loss.backward()
             loss = loss.detach()
     d = stats.as_dict()

@@ -24,17 +24,18 @@ HERE = Path(__file__).resolve().parent
 CHILD = r"""
 import json, sys, time, numpy as np, torch
 from elegantviz.data.synthetic import RiverworldSpec, render_image
-from elegantviz.engine.predict import forward_holistic, forward_sliced
+from elegantviz.inference.sliced import predict_sliced
+from elegantviz.inference.whole import predict_whole
 from elegantviz.models.registry import build_model
 mode, size, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 model = build_model(name, 5, 4).eval()
 img = render_image(RiverworldSpec(size, size, 1), 0, size, 0, size).astype(np.float32) / 255
 t = time.perf_counter()
-out = forward_holistic(model, img, torch.device("cpu")) if mode == "holistic" else \
-      forward_sliced(model, img, torch.device("cpu"), 512, 1 / 3, progress=False)
+out = predict_whole(model, img, torch.device("cpu")) if mode == "holistic" else \
+      predict_sliced(model, img, torch.device("cpu"), 512, 1 / 3, progress=False)
 seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "peak_rss_mb": %s, "crops": out.get("crops")}))
+print(json.dumps({"seconds": seconds, "peak_rss_mb": %s, "crops": out.windows}))
 """ % CHILD_PEAK_RSS
 
 

@@ -1,8 +1,8 @@
 """Plain vs tiled holistic inference of ElegantSeg-S (HRNet-W18): peak RSS and time per scene size.
 
 Each (mode, size) runs in a fresh process that builds the model (random init, 24 classes, 4
-bands), makes a random normalised scene, runs ``predict.forward_holistic`` (plain) or
-``tiled.forward_tiled`` (same outputs; keys and queries streamed into zarr arrays in a temporary
+bands), makes a random normalised scene, runs ``whole.predict_whole`` (plain) or
+``tiles.predict_halo_tiles`` (same outputs; keys and queries streamed into zarr arrays in a temporary
 directory, chunked as ``predict_scene`` chunks its cache) and reads its peak RSS (VmHWM) from
 /proc/self/status.
 Peaks are then extrapolated linearly in pixels to a 6800x7200 scene (from the two largest sizes:
@@ -44,13 +44,14 @@ def one(args: argparse.Namespace) -> dict:
     import torch
     import zarr
 
-    from elegantviz.engine.predict import _map_array, _map_tile, forward_holistic
-    from elegantviz.engine.tiled import forward_tiled
+    from elegantviz.engine.predict import cache_map_array, map_tile
+    from elegantviz.inference.tiles import predict_halo_tiles
+    from elegantviz.inference.whole import predict_whole
     from elegantviz.io.store import DEFAULT_TILE
     from elegantviz.models import build_model
 
-    if args.mode.endswith("-mmap"):  # glibc otherwise keeps freed tile buffers (see offload.planner)
-        from elegantviz.offload.planner import mmap_large_allocations
+    if args.mode.endswith("-mmap"):  # glibc otherwise keeps freed tile buffers (see offload.sizes)
+        from elegantviz.offload.sizes import mmap_large_allocations
 
         mmap_large_allocations(1 << 20)
     torch.manual_seed(0)
@@ -60,19 +61,19 @@ def one(args: argparse.Namespace) -> dict:
     start_rss = _status("VmRSS")
     started = time.perf_counter()
     if args.mode.startswith("plain"):
-        out = forward_holistic(model, image, torch.device("cpu"))
+        out = predict_whole(model, image, torch.device("cpu")).arrays()
     else:
         tmp = tempfile.TemporaryDirectory(prefix="tiled_predict-")
         group = zarr.open_group(tmp.name, mode="w")
-        map_tile = _map_tile(DEFAULT_TILE, model.output_stride)
-        out = forward_tiled(model, image, torch.device("cpu"), tile=args.tile, progress=args.progress,
-                            maps_to=lambda key, shape: _map_array(group, key, shape, map_tile))
+        chunk = map_tile(DEFAULT_TILE, model.output_stride)
+        out = predict_halo_tiles(model, image, torch.device("cpu"), tile=args.tile, progress=args.progress,
+                                 maps_to=lambda key, shape: cache_map_array(group, key, shape, chunk)).arrays()
     seconds = time.perf_counter() - started
     return {"mode": args.mode, "model": args.model, "height": h, "width": w, "mpx": h * w / 1e6,
             "tile": args.tile if args.mode.startswith("tiled") else None, "seconds": seconds,
             "maps_to": "zarr" if args.mode.startswith("tiled") else None,
             "peak_rss_bytes": _status("VmHWM"), "start_rss_bytes": start_rss,
-            "threads": torch.get_num_threads(), "outputs": sorted(k for k in out if k != "stride"),
+            "threads": torch.get_num_threads(), "outputs": sorted(out),
             "hard_fraction": float(out["hard"].mean())}
 
 

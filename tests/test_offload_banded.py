@@ -20,9 +20,10 @@ import torch.nn as nn
 from elegantviz.models.heads import FCNHead
 from elegantviz.models.mlk import MLK
 from elegantviz.offload import LiveTensorBytes, Policy
-from elegantviz.offload.band_model import band_model, conv_radius
+from elegantviz.models.receptive import reach
+from elegantviz.offload.band_model import band_model
 from elegantviz.offload.banded import Banded, banded
-from elegantviz.offload.pages import SPILL_PREFIX, drop_file_pages, file_backed
+from elegantviz.models.pages import SPILL_PREFIX, drop_file_pages, file_backed
 from elegantviz.offload.meter import current_rss
 
 timm = pytest.importorskip("timm")
@@ -118,7 +119,7 @@ def test_banding_with_per_band_statistics_is_wrong(body):
 
 def test_mlk_radius_is_the_halo_it_needs(body):
     mlk = MLK(16, 8, 8, kernel_sizes=(7, 15), depthwise_impl="direct").double()
-    assert conv_radius(mlk) == mlk.radius == 2 + 7
+    assert reach(mlk).depth == mlk.radius == 2 + 7
     x = torch.randn(1, 16, 64, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole = mlk(x)
@@ -129,7 +130,7 @@ def test_mlk_radius_is_the_halo_it_needs(body):
 @pytest.mark.parametrize("name", ["checkpoint+band", "checkpoint+band+disk"])
 def test_band_policy_training_step_equals_plain(name, tmp_path, monkeypatch):
     from elegantviz.models.registry import build_model
-    from elegantviz.offload.planner import _default_loss
+    from elegantviz.offload.planner import default_loss
 
     torch.manual_seed(0)
     model = build_model("elegantseg-s", num_classes=5, in_chans=4).double().train()
@@ -142,7 +143,7 @@ def test_band_policy_training_step_equals_plain(name, tmp_path, monkeypatch):
         m = copy.deepcopy(model)
         torch.manual_seed(3)  # the heads' dropout
         with policy.apply(m):
-            loss = _default_loss(m(x, upsample=False))
+            loss = default_loss(m(x, upsample=False))
             loss.backward()
         return loss.detach(), {n: p.grad for n, p in m.named_parameters()}, dict(m.named_buffers())
 

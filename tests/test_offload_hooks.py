@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from elegantviz.offload import DiskOffload, HostOffload, MemoryMeter, PinnedPool
-from elegantviz.offload.hooks import _flat_source, _span, _version_token
+from elegantviz.offload.records import flat_source, storage_span, version_token
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,7 +91,7 @@ def test_in_place_through_a_view_after_the_tensor_is_gone(tmp_path):
 
 def test_version_token_shares_the_counter_not_the_storage():
     t = torch.randn(1000)
-    tok = _version_token(t)
+    tok = version_token(t)
     assert tok.untyped_storage().nbytes() == 0
     t.add_(1)
     assert tok._version == t._version == 1
@@ -134,11 +134,11 @@ def test_a_reused_address_is_not_mistaken_for_the_old_tensor(tmp_path):
 def test_strided_sources_rebuild_exactly():
     base = torch.randn(6, 10, 12)
     for t in (base, base.transpose(0, 2), base[:, ::3], base[:, :1].expand(6, 7, 12), base.permute(2, 0, 1)):
-        flat, stride = _flat_source(t)
+        flat, stride = flat_source(t)
         assert flat.is_contiguous() and flat.dim() == 1
         back = flat.clone().as_strided(t.shape, stride, 0)
         assert torch.equal(back, t)
-        if _span(t.shape, t.stride()) <= 2 * t.numel():  # dense, broadcast: strides kept exactly
+        if storage_span(t.shape, t.stride()) <= 2 * t.numel():  # dense, broadcast: strides kept exactly
             assert stride == t.stride()
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from elegantviz.offload import MemoryMeter, Policy, checkpoint_hrnet, checkpoint_module
-from elegantviz.offload.checkpoint import find_hrnets
+from elegantviz.models.hrnet import find_hrnets
 
 timm = pytest.importorskip("timm")
 

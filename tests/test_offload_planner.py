@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from elegantviz.offload import MemoryBudgetError, MemoryMeter, Policy, parse_size, plan
-from elegantviz.offload.hooks import HostOffload
+from elegantviz.offload.host import HostOffload
 
 timm = pytest.importorskip("timm")
 
@@ -90,9 +90,9 @@ def test_saved_bytes_extrapolate_linearly(net):
     model = copy.deepcopy(net)
     meter = MemoryMeter()
     with meter.step(), HostOffload(threshold_bytes=0, meter=meter, keep=model):
-        from elegantviz.offload.planner import _default_loss
+        from elegantviz.offload.planner import default_loss
 
-        _default_loss(model(torch.randn(1, 3, 160, 160))).backward()
+        default_loss(model(torch.randn(1, 3, 160, 160))).backward()
     actual = meter.last.saved_bytes
     assert abs(predicted - actual) < 0.1 * actual, (predicted, actual)
 

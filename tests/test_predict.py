@@ -161,15 +161,15 @@ def test_tiled_prediction_writes_the_same_store(checkpoint, tmp_path):
     np.testing.assert_allclose(sa.map("attention").compute().astype(np.float32),
                                sb.map("attention").compute().astype(np.float32), rtol=1e-2, atol=1e-2)
     # keys and queries were streamed into the cache tile by tile: they are the in-memory ones
-    from elegantviz.engine.tiled import forward_tiled
+    from elegantviz.inference.tiles import predict_halo_tiles
 
     assert "_predict" not in sb.root
     trained = load_model(checkpoint)
     model, norm = trained.model, trained.norm
     img, _ = norm.apply(sb.image().compute(), sb.nodata)
-    ref = forward_tiled(model, img, tile=64)
+    ref = predict_halo_tiles(model, img, tile=64)
     for key in ("keys", "queries"):
-        np.testing.assert_array_equal(sb.map(key).compute(), ref[key])
+        np.testing.assert_array_equal(sb.map(key).compute(), getattr(ref, key))
 
 
 def _store_parts(url) -> dict:
@@ -182,12 +182,12 @@ def test_interrupted_tiled_prediction_resumes_to_the_same_store(checkpoint, tmp_
     """Stopped after the forward pass, a tiled run resumes from the streamed cache without the
     network; stopped before that cache is complete, it discards it and runs the network again.
     Either way the store is that of an uninterrupted run."""
-    from elegantviz.engine import tiled
+    from elegantviz.inference import tiles
 
     urls = [synthesize_riverworld(tmp_path / f"{k}.zarr", height=120, width=110, seed=5, tile=64,
                                   progress=False).url for k in "abc"]
     calls = {"forward": 0}
-    real_forward, real_cache = tiled.forward_tiled, predict_mod._cache_outputs
+    real_forward, real_cache = tiles.predict_halo_tiles, predict_mod._cache_outputs
 
     def counting(*a, **k):
         calls["forward"] += 1
@@ -200,7 +200,7 @@ def test_interrupted_tiled_prediction_resumes_to_the_same_store(checkpoint, tmp_
     def failing_cache(*a, **k):
         raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(tiled, "forward_tiled", counting)
+    monkeypatch.setattr(tiles, "predict_halo_tiles", counting)
     predict_scene(checkpoint, urls[0], progress=False, tile=64)
     want = _store_parts(urls[0])
     assert "maps/keys" in want and not np.isnan(want["maps/keys"][0]).any()

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from elegantviz.engine import tiled
-from elegantviz.engine.tiled import backbone_halos, forward_tiled, tiled_forward
+from elegantviz.inference import tile_grid
+from elegantviz.inference.tiles import backbone_halos, forward_halo_tiles, predict_halo_tiles
 from elegantviz.models import build_model
+from elegantviz.models.receptive import reach
 
 VARIANTS = {
     # (preset overrides, image size, tile, feature tile): sizes that are not multiples of 32
@@ -47,7 +48,7 @@ def case(request):
     x = torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(x, return_evidence=True)
-    out = tiled_forward(model, x, tile=tile, maps_dtype=torch.float32, return_logits=True, feature_tile=feature_tile)
+    out = forward_halo_tiles(model, x, tile=tile, maps_dtype=torch.float32, return_logits=True, feature_tile=feature_tile)
     return ref, out
 
 
@@ -94,24 +95,25 @@ def test_halo_too_small_differs(monkeypatch):
     x = torch.randn(1, 4, 128, 160, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = model(x, return_evidence=True)
-    monkeypatch.setattr(tiled, "_halo", lambda reach: 0)
-    bad = tiled_forward(model, x, tile=64, maps_dtype=torch.float32, return_logits=True)
+    monkeypatch.setattr(tile_grid, "tile_halo", lambda depth: 0)
+    bad = forward_halo_tiles(model, x, tile=64, maps_dtype=torch.float32, return_logits=True)
     assert _rel(bad.aux_logits, ref.aux_logits) > 1e-2
 
 
 def test_forward_tiled_matches_forward_holistic():
-    """The predictor's drop-in: same keys, dtypes and (up to rounding) values."""
-    from elegantviz.engine.predict import forward_holistic
+    """The predictor's drop-in: same maps, dtypes and (up to rounding) values."""
+    from elegantviz.inference.whole import predict_whole
 
     model = _model(dict(dim=16, hidden_dim=16), seed=2)
     image = np.random.default_rng(3).standard_normal((4, 100, 120)).astype(np.float32)
-    a = forward_holistic(model, image, torch.device("cpu"))
-    b = forward_tiled(model, image, torch.device("cpu"), tile=32)
-    assert set(a) == set(b)
+    whole = predict_whole(model, image, torch.device("cpu"))
+    tiled = predict_halo_tiles(model, image, torch.device("cpu"), tile=32)
+    a, b = whole.arrays(), tiled.arrays()
+    assert set(a) == set(b) and whole.scalars() == tiled.scalars()
     for key in a:
         if isinstance(a[key], np.ndarray):
             assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-    assert (a["pred"] != b["pred"]).mean() < 1e-3
+    assert (a["labels"] != b["labels"]).mean() < 1e-3
     np.testing.assert_array_equal(a["hard"], b["hard"])
     for key in ("margin", "attention"):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-4 * np.abs(a[key]).max())
@@ -130,7 +132,7 @@ def test_backbone_halos_follow_the_receptive_fields():
     for stage, (r, cell) in {2: (64, 8), 3: (128, 16), 4: (256, 32)}.items():
         radii = {v for k, v in halos.items() if k.startswith(f"stage{stage}.")}
         assert radii == {r} and 2 * r + cell == {2: 136, 3: 272, 4: 544}[stage]
-    assert tiled.unit_reach(model.context) == 2 + 15  # 5x5 then the 31x31 depthwise, feature px
+    assert reach(model.context).depth == 2 + 15  # 5x5 then the 31x31 depthwise, feature px
 
 
 def test_tiled_equals_plain_in_float64():
@@ -141,7 +143,7 @@ def test_tiled_equals_plain_in_float64():
     x = torch.randn(1, 4, 170, 180, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     with torch.no_grad():
         ref = model(x, return_evidence=True)
-    out = tiled_forward(model, x, tile=64, maps_dtype=torch.float64, return_logits=True)
+    out = forward_halo_tiles(model, x, tile=64, maps_dtype=torch.float64, return_logits=True)
     ev, tev = ref.evidence, out.evidence()
     assert _rel(out.logits, ref.logits) < 1e-10 and _rel(out.aux_logits, ref.aux_logits) < 1e-10
     assert torch.equal(out.pred.long(), ref.logits.argmax(1)[0])
@@ -161,7 +163,7 @@ def test_maps_stream_into_sinks(monkeypatch):
         return real_empty(*size, **kw)
 
     monkeypatch.setattr(torch, "empty", empty)
-    ref = tiled_forward(model, x, tile=64, feature_tile=12)
+    ref = forward_halo_tiles(model, x, tile=64, feature_tile=12)
     whole = tuple(ref.keys.shape)
     assert whole in shapes  # the spy sees the in-memory maps
     shapes.clear()
@@ -171,7 +173,7 @@ def test_maps_stream_into_sinks(monkeypatch):
         sinks[key] = np.full(shape, np.nan, np.float16)
         return sinks[key]
 
-    out = tiled_forward(model, x, tile=64, feature_tile=12, maps_to=maps_to)
+    out = forward_halo_tiles(model, x, tile=64, feature_tile=12, maps_to=maps_to)
     monkeypatch.undo()
     assert whole not in shapes and set(sinks) == {"keys", "queries"}
     assert out.keys is sinks["keys"] and out.queries is sinks["queries"]

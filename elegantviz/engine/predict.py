@@ -39,12 +39,12 @@ from elegantviz.io.store import Scene, open_scene
 STREAMED = (S.KEYS, S.QUERIES)  # (d, h, w) at feature resolution: kept on disk, never read whole
 
 
-def _map_tile(tile: int, stride: int) -> int:
+def map_tile(tile: int, stride: int) -> int:
     """Chunk side (feature px) of maps/keys and maps/queries for a scene of ``tile`` px chunks."""
     return max(16, tile // stride // 2 * 2)
 
 
-def _map_array(group, key: str, shape: tuple[int, int, int], tile: int):
+def cache_map_array(group, key: str, shape: tuple[int, int, int], tile: int):
     """A (d, h, w) float16 map in the cache, chunked like maps/<key> (all channels per chunk) so
     that add_map reads whole chunks and a tile's write rewrites few; NaN until written."""
     return group.create_array(key, shape=shape, dtype="float16", chunks=(shape[0], tile, tile), fill_value=np.nan,
@@ -56,7 +56,7 @@ def _cache_outputs(scene: Scene, name: str, pred: Prediction, job: dict) -> None
     group = scene.scratch(name, create=True)
     for key, value in pred.arrays().items():
         if isinstance(value, np.ndarray) and key in STREAMED:
-            array = _map_array(group, key, value.shape, _map_tile(scene.tile, pred.stride))
+            array = cache_map_array(group, key, value.shape, map_tile(scene.tile, pred.stride))
             array[...] = value
             setattr(pred, key, array)  # from here on read from the cache: the in-memory copy can go
         elif isinstance(value, np.ndarray):
@@ -135,13 +135,13 @@ def predict_scene(
             scene.remove(kind, part)
         image, valid = trained.norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
         # streamed maps go straight into the cache: incomplete until _cache_outputs, so discarded if interrupted
-        map_tile = _map_tile(scene.tile, trained.output_stride)
+        chunk = map_tile(scene.tile, trained.output_stride)
         group = None
 
         def scratch(key: str, shape: tuple[int, int, int]):
             nonlocal group
             group = group or scene.scratch(name, create=True)
-            return _map_array(group, key, shape, map_tile)
+            return cache_map_array(group, key, shape, chunk)
 
         pred = strategy(model, image, dev, progress=progress, scratch=scratch)
         pred.labels[~valid] = table.ignore_index
@@ -175,7 +175,7 @@ def predict_scene(
         if pred.has_attention:
             for key in STREAMED:
                 put(S.MAPS, key, lambda key=key: scene.add_map(
-                    key, da.from_zarr(getattr(pred, key)), progress=progress, tile=_map_tile(tile, s),
+                    key, da.from_zarr(getattr(pred, key)), progress=progress, tile=map_tile(tile, s),
                     attrs={"kind": key, "stride": s, "relative_to_uniform": key == S.KEYS}))
             put(S.MAPS, S.ATTENTION, lambda: scene.add_map(
                 S.ATTENTION, upsample_nearest(pred.attention, s, shape, tile), progress=progress,

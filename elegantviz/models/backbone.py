@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .hrnet import HRNetUnit, hrnet_units
+
 __all__ = ["HRNetBackbone"]
 
 
@@ -66,6 +68,10 @@ class HRNetBackbone(nn.Module):
         self.output_stride = output_stride
         self.branch_channels: list[int] = list(self.body.feature_info.channels())
         self.out_channels = sum(self.branch_channels)
+
+    def units(self) -> list[HRNetUnit]:
+        """timm's HRNet as its forward runs it (:func:`.hrnet.hrnet_units`), strides in input px."""
+        return hrnet_units(self.body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -8,7 +8,7 @@ backbone (HRNetV2) -> auxiliary head -> MLK or LRD -> ECR (guided by the auxilia
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ from .ecr import ECR, AttentionNorm, ECRForm, Evidence, logit_margin
 from .heads import FCNHead
 from .mlk import LRD, MLK, Fusion
 
-__all__ = ["ElegantSeg", "SegOutput", "Evidence", "ContextModule"]
+__all__ = ["ElegantSeg", "SegOutput", "Segment", "Evidence", "ContextModule"]
 
 ContextModule = Literal["mlk", "lrd", "none"]
 
@@ -34,6 +34,13 @@ class SegOutput:
     aux_logits: torch.Tensor
     evidence: Evidence | None = None
     stride: int = 1
+
+
+class Segment(NamedTuple):
+    """A local part of the network after the backbone (its attribute name and module)."""
+
+    name: str
+    module: nn.Module
 
 
 class ElegantSeg(nn.Module):
@@ -94,6 +101,12 @@ class ElegantSeg(nn.Module):
             raise ValueError(f"unknown context module {context!r}")
         self.ecr = ECR(dim, hard_ratio, attention_norm, ecr_form) if use_ecr else None
         self.head = FCNHead(dim, num_classes, dim, head_kernel_size, dropout)
+
+    def segments(self) -> list[Segment]:
+        """The local parts that follow the backbone, in forward order: the auxiliary head, the
+        context module and the main head. Each maps the stride-``output_stride`` features to a map
+        of the same size, so banding and checkpointing can run each as one unit."""
+        return [Segment("aux_head", self.aux_head), Segment("context", self.context), Segment("head", self.head)]
 
     def _upsample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         # Feature pixel i covers input pixels [i*s, (i+1)*s): upsample by exactly s, then crop.

@@ -1,4 +1,8 @@
-"""Memory offloading for holistic steps: saved-tensor hooks, checkpointing, a meter, a planner.
+"""Memory offloading for holistic steps: saved-tensor hooks, checkpointing, banding, a meter, a planner.
+
+``records`` (what a hook keeps per saved tensor) and ``hooks`` (their public base) underlie the
+``host`` and ``disk`` targets; ``checkpoint``, ``band_model`` and ``banded`` change how a model's
+parts run; ``policy`` combines them; ``planner`` measures and picks a policy.
 
 Imports torch, so ``import elegantviz`` does not import this package; import it explicitly::
 
@@ -14,13 +18,16 @@ Imports torch, so ``import elegantviz`` does not import this package; import it 
 """
 
 from .checkpoint import CheckpointHandle, checkpoint_hrnet, checkpoint_module, checkpointed, uncheckpoint_module
-from .hooks import DEFAULT_THRESHOLD, DiskOffload, HostOffload, PinnedPool, default_spill_root
-from .meter import MemoryMeter, StepStats
-from .planner import (POLICY_NAMES, LiveTensorBytes, MemoryBudgetError, Plan, Policy, default_budget, format_size,
-                      mmap_large_allocations, parse_size, plan)
+from .disk import DiskOffload, default_spill_root
+from .hooks import DEFAULT_THRESHOLD, OffloadHooks
+from .host import HostOffload, PinnedPool
+from .meter import LiveTensorBytes, MemoryMeter, StepStats
+from .planner import MemoryBudgetError, Plan, plan
+from .policy import POLICY_NAMES, Policy
+from .sizes import default_budget, format_size, mmap_large_allocations, parse_size
 
 __all__ = [
-    "HostOffload", "DiskOffload", "PinnedPool", "DEFAULT_THRESHOLD", "default_spill_root",
+    "OffloadHooks", "HostOffload", "DiskOffload", "PinnedPool", "DEFAULT_THRESHOLD", "default_spill_root",
     "checkpoint_hrnet", "checkpoint_module", "uncheckpoint_module", "checkpointed", "CheckpointHandle",
     "MemoryMeter", "StepStats",
     "Policy", "Plan", "plan", "parse_size", "format_size", "default_budget", "MemoryBudgetError", "POLICY_NAMES",

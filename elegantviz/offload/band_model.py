@@ -8,10 +8,10 @@ and in backward only a segment's input, output and gradients are whole:
 - the stem (two stride-2 convolutions; halo 4 input rows);
 - each layer1 block but the last (halo 1), and the last one together with ``transition1``, so that
   layer1's 256-channel output never exists whole (halo 2);
-- the auxiliary head, the context module (MLK/LRD) and the main head (a model's ``aux_head``,
-  ``context`` and ``head``).
+- the auxiliary head, the context module (MLK/LRD) and the main head (:meth:`ElegantSeg.segments`).
 
-HRNet's stage modules are left to the checkpoint policy. Like :mod:`.checkpoint`, patches are
+The units come from :func:`elegantviz.models.hrnet.hrnet_units` and the halos from
+:func:`elegantviz.models.receptive.reach`, as for tiled inference. HRNet's stage modules are left to the checkpoint policy. Like :mod:`.checkpoint`, patches are
 instance-level ``forward`` attributes, undone by :meth:`BandHandle.remove`; under no-grad the
 model runs as usual.
 """
@@ -24,33 +24,12 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..models.elegantseg import ElegantSeg
+from ..models.hrnet import HRNetUnit, feature_indices, find_hrnets, hrnet_units, run_hrnet, run_units
+from ..models.receptive import reach, round_up
 from .banded import banded
-from .checkpoint import _stem, find_hrnets
 
-__all__ = ["band_model", "BandHandle", "conv_radius"]
-
-
-def conv_radius(module: nn.Module, strided: bool = False) -> int:
-    """Rows a stride-1 segment reads on each side: its ``radius`` attribute (MLK, LRD), else the
-    sum of its convolutions' radii (an upper bound where branches run in parallel). ``strided``
-    accepts strided convolutions, in rows of the input (exact for one convolution)."""
-    if isinstance(getattr(module, "radius", None), int):
-        return module.radius
-    radius = 0
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            if m.stride[0] != 1 and not strided:
-                raise ValueError(f"conv_radius: {type(module).__name__} has a strided convolution")
-            radius += m.dilation[0] * (m.kernel_size[0] - 1) // 2
-    return radius
-
-
-def _stride(module: nn.Module) -> int:
-    s = 1
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            s *= m.stride[0]
-    return s
+__all__ = ["band_model", "BandHandle"]
 
 
 @dataclass
@@ -74,43 +53,43 @@ class BandHandle:
         return len(self.patched)
 
 
-def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callable:
-    blocks = list(body.layer1)
-    last = blocks[-1]
-    trans = list(body.transition1)
-    strides = [_stride(t) for t in trans]
-    halos = [conv_radius(b) for b in blocks[:-1]]
-    # the last block's reach, then a transition's kernel radius, in whole coarsest-stride rows
-    unit = max(strides)
-    last_halo = -(-(conv_radius(last) + max(conv_radius(t, strided=True) for t in trans)) // unit) * unit
-    stem_modules = [body.conv1, body.bn1, body.act1, body.conv2, body.bn2, body.act2]
+def _band_groups(units: list[HRNetUnit]) -> tuple[list[tuple[HRNetUnit, ...]], list[tuple[HRNetUnit, ...]]]:
+    """Banded: the stem; each layer1 block but the last; the last with ``transition1``. Plain: the rest."""
+    k = next(i for i, u in enumerate(units) if u.kind == "transition")
+    stem = tuple(u for u in units[:k] if u.kind == "stem")
+    blocks = [(u,) for u in units[len(stem):k - 1]]
+    return [stem, *blocks, (units[k - 1], units[k])], [(u,) for u in units[k + 1:]]
 
-    def last_block(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        y = last(x)
-        return tuple(t(y) for t in trans)
+
+def _geometry(group: tuple[HRNetUnit, ...]) -> tuple[tuple[int, ...], int]:
+    """Output strides and halo of a group in rows of its input (the halo a multiple of the coarsest)."""
+    s_in = group[0].in_strides[0]
+    strides = tuple(s // s_in for s in group[-1].out_strides)
+    return strides, round_up(-(-reach(group).depth // s_in), max(strides))
+
+
+def _hrnet_forward(body: nn.Module, inner: Callable, band_bytes: int) -> Callable:
+    banded_groups, plain_groups = _band_groups(hrnet_units(body))
+    geometry = {g: _geometry(g) for g in banded_groups}
+
+    def run(group: tuple[HRNetUnit, ...], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if group not in geometry:
+            return run_units(group, xs)
+        strides, halo = geometry[group]
+        modules = [m for u in group for m in u.modules]
+        out = banded(lambda t: tuple(run_units(group, [t])), xs[0], modules, strides, halo, band_bytes=band_bytes)
+        return list(out) if len(strides) > 1 else [out]
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
         if not torch.is_grad_enabled():
             return inner(x)
-        x = banded(lambda t: _stem(body, t, False), x, stem_modules, (4,), 4, band_bytes=band_bytes)
-        for b, halo in zip(blocks[:-1], halos):
-            x = banded(b, x, [b], (1,), halo, band_bytes=band_bytes)
-        xl = list(banded(last_block, x, [last, *trans], strides, last_halo, band_bytes=band_bytes))
-        del x
-        yl = body.stage2(xl)
-        xl = [t(yl[-1]) if not isinstance(t, nn.Identity) else yl[i] for i, t in enumerate(body.transition2)]
-        yl = body.stage3(xl)
-        xl = [t(yl[-1]) if not isinstance(t, nn.Identity) else yl[i] for i, t in enumerate(body.transition3)]
-        yl = body.stage4(xl)
-        if body.incre_modules is not None:
-            yl = [incre(f) for f, incre in zip(yl, body.incre_modules)]
-        return [f for i, f in enumerate(yl) if i + 1 in body._out_idx]
+        return run_hrnet(body, x, banded_groups + plain_groups, run)
 
     return forward
 
 
 def _banded_forward(module: nn.Module, band_bytes: int) -> Callable:
-    plain, halo = module.forward, conv_radius(module)
+    plain, halo = module.forward, reach(module).depth
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
@@ -125,13 +104,14 @@ def band_model(model: nn.Module, band_bytes: int = 64 << 20) -> BandHandle:
     its heads and context module. Raises if there is nothing to band."""
     handle = BandHandle()
     for body in find_hrnets(model):
-        if not hasattr(body, "_out_idx") or 0 in body._out_idx or not isinstance(body.layer1, nn.Sequential):
+        wanted = feature_indices(body)
+        if wanted is None or 0 in wanted or not isinstance(body.layer1, nn.Sequential):
             continue  # a classifier, or the stem's output is itself a feature: leave this network alone
         handle.patch(body, "forward", _hrnet_forward(body, body.forward, band_bytes))
-    for name in ("aux_head", "context", "head"):
-        module = getattr(model, name, None)
-        if isinstance(module, nn.Module) and "forward" not in module.__dict__:
-            handle.patch(module, "forward", _banded_forward(module, band_bytes))
+    for seg_model in (m for m in model.modules() if isinstance(m, ElegantSeg)):
+        for segment in seg_model.segments():
+            if "forward" not in segment.module.__dict__:
+                handle.patch(segment.module, "forward", _banded_forward(segment.module, band_bytes))
     if not handle:
         raise ValueError(f"nothing to band in {type(model).__name__}: no timm HRNet or ElegantSeg heads found")
     return handle

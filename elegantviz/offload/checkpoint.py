@@ -1,4 +1,4 @@
-"""Activation checkpointing of timm's HRNet (stem, layer1 blocks, HRNet modules) and of MLK.
+"""Activation checkpointing of timm's HRNet (stem, layer1 blocks, HRNet modules) and ElegantSeg's heads.
 
 Recomputing a segment in backward instead of storing what it saves cuts HRNet-W18's saved
 activations by about 15x (issue 4). timm refuses ``set_grad_checkpointing`` for HRNet, so the
@@ -27,13 +27,12 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["checkpoint_module", "uncheckpoint_module", "checkpoint_hrnet", "checkpointed", "find_hrnets",
-           "CheckpointHandle", "HEAD_CLASS_NAMES"]
+from ..models.elegantseg import ElegantSeg
+from ..models.hrnet import HRNetUnit, feature_indices, find_hrnets, hrnet_units, run_hrnet, run_units
+
+__all__ = ["checkpoint_module", "uncheckpoint_module", "checkpoint_hrnet", "checkpointed", "CheckpointHandle"]
 
 _MARK = "_elegantviz_checkpoint"
-# After the backbone: the context module and the FCN heads. Each saves several maps of input
-# size / 16 x 256+ channels (1x1 conv, BN, ReLU, dropout inputs) and is cheap to recompute.
-HEAD_CLASS_NAMES = ("MLK", "LRD", "FCNHead")
 
 
 class _RestoreBatchNormStats:
@@ -129,7 +128,7 @@ def checkpoint_module(module: nn.Module, *, copy_inputs: bool = True, freeze_bn:
 
 
 def uncheckpoint_module(module: nn.Module) -> None:
-    """Undo :func:`checkpoint_module` (and :func:`_checkpoint_stem`)."""
+    """Undo :func:`checkpoint_module` (and the stem's checkpoint)."""
     mark = module.__dict__.pop(_MARK, None)
     if mark is None:
         return
@@ -140,52 +139,47 @@ def uncheckpoint_module(module: nn.Module) -> None:
         del module.forward
 
 
-def _stem(body: nn.Module, x: torch.Tensor, keep_first: bool) -> Any:
-    x = body.act1(body.bn1(body.conv1(x)))
-    first = x
-    x = body.act2(body.bn2(body.conv2(x)))
-    return (first, x) if keep_first else x
+def _stem_groups(units: list[HRNetUnit], wanted: set[int]) -> list[tuple[HRNetUnit, ...]]:
+    """The stem units as one segment, split after a unit whose output is itself a feature."""
+    groups: list[list[HRNetUnit]] = [[]]
+    for u in units:
+        if u.kind != "stem":
+            break
+        groups[-1].append(u)
+        if u.feature in wanted:
+            groups.append([])
+    return [tuple(g) for g in groups if g]
 
 
 def _checkpoint_stem(body: nn.Module, freeze_bn: bool) -> bool:
-    """Checkpoint the two stem convolutions of a ``HighResolutionNetFeatures`` (False otherwise).
+    """Checkpoint the stem of a features-only timm HRNet as one segment (False otherwise).
 
-    The stem is five separate modules called from the network's own forward, so the features
-    forward is replaced by one that runs them as one segment, then ``body.stages`` as timm does.
+    The stem is five separate modules called from the network's own forward, so that forward is
+    replaced by :func:`run_hrnet` with the stem's units run under the checkpoint.
     """
-    if _MARK in body.__dict__ or not hasattr(body, "_out_idx") or not hasattr(body, "stages"):
+    wanted = feature_indices(body)
+    if _MARK in body.__dict__ or wanted is None:
         return False
     had_instance_forward = "forward" in body.__dict__
     inner = body.forward
-    norms = _norms([body.bn1, body.bn2]) if freeze_bn else None
+    units = hrnet_units(body)
+    stem = _stem_groups(units, wanted)
+    groups = stem + [(u,) for u in units if u.kind != "stem"]
+    norms = {g: _norms([m for u in g for m in u.modules]) if freeze_bn else None for g in stem}
+
+    def run(group: tuple[HRNetUnit, ...], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if group not in norms:
+            return run_units(group, xs)
+        return [_run_checkpointed(lambda t: run_units(group, [t])[0], (xs[0],), {}, norms[group], True)]
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
         if not torch.is_grad_enabled():
             return inner(x)
-        keep_first = 0 in body._out_idx
-        res = _run_checkpointed(lambda t: _stem(body, t, keep_first), (x,), {}, norms, True)
-        out = []
-        if keep_first:
-            first, x = res
-            out.append(first)
-        else:
-            x = res
-        xs = body.stages(x)
-        if body.incre_modules is not None:
-            xs = [incre(f) for f, incre in zip(xs, body.incre_modules)]
-        out.extend(f for i, f in enumerate(xs) if i + 1 in body._out_idx)
-        return out
+        return run_hrnet(body, x, groups, run)
 
     body.forward = forward  # type: ignore[method-assign]
     setattr(body, _MARK, (had_instance_forward, inner))
     return True
-
-
-def find_hrnets(model: nn.Module) -> list[nn.Module]:
-    """timm ``HighResolutionNet`` instances inside ``model`` (found by type, imported lazily)."""
-    from timm.models.hrnet import HighResolutionNet
-
-    return [m for m in model.modules() if isinstance(m, HighResolutionNet)]
 
 
 @dataclass
@@ -208,8 +202,8 @@ class CheckpointHandle:
 def checkpoint_hrnet(model: nn.Module, *, stem: bool = True, layer1: bool = True, modules: bool = True,
                      head: bool = False, extra: Iterable[nn.Module] = (), copy_inputs: bool = True,
                      freeze_bn: bool = True, blocks: bool = False) -> CheckpointHandle:
-    """Checkpoint the segments of every timm HRNet in ``model`` (and, with ``head``, MLK/LRD and
-    the FCN heads).
+    """Checkpoint the segments of every timm HRNet in ``model`` (and, with ``head``, the segments
+    of every ElegantSeg: its auxiliary head, context module and main head).
 
     Segments: the stem (two stride-2 convolutions), each block of ``layer1``, each
     ``HighResolutionModule`` of stages 2-4; transitions stay stored (they are small and sit at
@@ -232,25 +226,21 @@ def checkpoint_hrnet(model: nn.Module, *, stem: bool = True, layer1: bool = True
         if stem and _checkpoint_stem(body, freeze_bn):
             handle.modules.append(body)
             handle.names.append(names.get(id(body), "hrnet") + ".<stem>")
-        if layer1 and isinstance(body.layer1, nn.Sequential):
-            for block in body.layer1:
-                add(block)
-        if modules:
-            for stage in (body.stage2, body.stage3, body.stage4):
-                for mod in stage:
-                    add(mod)
-                    if blocks:
-                        for branch in mod.branches:
-                            for block in branch:
-                                add(block)
-    if head:
-        for m in model.modules():
-            if type(m).__name__ in HEAD_CLASS_NAMES:
-                add(m)
+        for unit in hrnet_units(body):
+            if unit.kind == "block" and layer1:
+                add(unit.modules[0])
+            elif unit.kind == "module" and modules:
+                add(unit.modules[0])
+                for block in unit.branch_blocks() if blocks else ():
+                    add(block)
+    if head:  # each saves several maps of input size / 16 x 256+ channels and is cheap to recompute
+        for seg_model in (m for m in model.modules() if isinstance(m, ElegantSeg)):
+            for segment in seg_model.segments():
+                add(segment.module)
     for m in extra:
         add(m)
     if not handle.modules:
-        raise ValueError(f"nothing to checkpoint in {type(model).__name__}: no timm HRNet (or MLK, LRD, FCNHead) found")
+        raise ValueError(f"nothing to checkpoint in {type(model).__name__}: no timm HRNet (or ElegantSeg) found")
     return handle
 
 

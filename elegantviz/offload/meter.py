@@ -12,11 +12,15 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
+import torch.nn as nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-__all__ = ["MemoryMeter", "StepStats", "current_rss", "peak_rss"]
+__all__ = ["MemoryMeter", "StepStats", "LiveTensorBytes", "current_rss", "peak_rss"]
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -214,3 +218,62 @@ class MemoryMeter:
     def as_dict(self) -> dict:
         """The last step's figures as a flat dict for a JSONL log (empty before the first step)."""
         return self.last.as_dict() if self.last else {}
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of the CPU tensor storages created while active (forward, hooks and backward).
+
+    CPU tensors have no allocator statistics; this counts every op's output storages and drops
+    them when their storage dies (swept every few ops and whenever the peak would grow by
+    over 1 %, so the peak is exact to 1 %).
+    Parameter gradients are left out (a fixed cost the planner adds itself): counted, they make
+    the peak of a small dry run a poor guide to how it grows with pixels.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.now = self.peak = 0
+        self._ops = 0
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "LiveTensorBytes":
+        self._handles = [p.register_post_accumulate_grad_hook(self._forget_grad) for p in self._params]
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        super().__exit__(*exc)
+
+    def _forget_grad(self, p: torch.Tensor) -> None:
+        entry = self.live.pop(p.grad.untyped_storage().data_ptr(), None)
+        if entry is not None:
+            self.now -= entry[1]
+
+    def _sweep(self) -> None:
+        for ptr in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.now -= self.live.pop(ptr)[1]
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self._ops += 1
+        if self._ops % 8 == 0:
+            self._sweep()
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided:
+                continue
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+            entry = self.live.get(ptr)
+            if nbytes == 0 or (entry is not None and not entry[0].expired()):
+                continue
+            if entry is not None:
+                self.now -= entry[1]
+            self.live[ptr] = (StorageWeakRef(storage), nbytes)
+            self.now += nbytes
+            if self.now > self.peak * 1.01:
+                self._sweep()  # a new peak counts what is still alive (to within 1 %: sweeping at
+            self.peak = max(self.peak, self.now)  # every new peak made a step 6x slower)
+        return out

@@ -9,42 +9,26 @@ the leanest policy would need.
 from __future__ import annotations
 
 import copy
-import re
 import shutil
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from ..errors import ElegantvizError
-from .band_model import band_model
-from .checkpoint import checkpoint_hrnet, find_hrnets
-from .hooks import (DEFAULT_THRESHOLD, DiskOffload, HostOffload, _Kept, _nbytes, _OffloadHooks, _Saved,
-                    default_spill_root)
-from .meter import MemoryMeter
+from ..models.hrnet import find_hrnets
+from .disk import default_spill_root
+from .hooks import DEFAULT_THRESHOLD, OffloadHooks
+from .meter import LiveTensorBytes, MemoryMeter
+from .policy import POLICY_NAMES, Policy
+from .records import Kept, SavedRecord, tensor_nbytes
+from .sizes import default_budget, format_size, parse_size
 
-__all__ = ["Policy", "Plan", "plan", "LiveTensorBytes", "parse_size", "format_size", "MemoryBudgetError",
-           "POLICY_NAMES",
-           "default_budget", "mmap_large_allocations"]
+__all__ = ["Plan", "plan", "MemoryBudgetError", "default_loss"]
 
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
-          "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
-
-# Cheapest first. Checkpointing costs a bounded amount of compute (the backbone's forward once
-# more, +30-70 % step time here); spilling costs 2-4 GB of disk traffic per megapixel each way,
-# which the page cache hides only while it fits (benchmarks/results/memory.json). Host memory
-# on CUDA overlaps with compute and comes first there.
-# Banding (``band``) comes last: its segments run 3-6 passes each, and it is what brings the
-# 3 GB full-resolution maps of a 6800x7200 scene down to one band each.
-POLICY_NAMES = ("none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk", "checkpoint+band",
-                "checkpoint+band+host", "checkpoint+band+disk")
 _CUDA_ORDER = POLICY_NAMES
 _CPU_ORDER = ("none", "checkpoint", "disk", "checkpoint+disk", "checkpoint+band", "checkpoint+band+disk")
 
@@ -53,214 +37,23 @@ class MemoryBudgetError(ElegantvizError, MemoryError):
     """No policy fits the memory budget; the message says how much the leanest one needs."""
 
 
-def parse_size(text: str | int | float) -> int:
-    """Bytes from ``"12GB"``, ``"1.5 GiB"``, ``"800M"`` or a number.
 
-    KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB and bare K/M/G/T powers of 1024.
-    """
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    unit = m.group(2).upper() if m else None
-    if m is None or unit not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (examples: 12GB, 1.5GiB, 800M, 1000000)")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
-def format_size(nbytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(nbytes) < 1024 or unit == "TiB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1024
-    return f"{nbytes:.1f} TiB"
-
-
-def default_budget(device: torch.device | str = "cpu", margin: float = 0.8) -> int:
-    """What the machine has free now, times ``margin`` (device memory on CUDA, else RAM)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * margin)
-    import psutil
-
-    return int(psutil.virtual_memory().available * margin)
-
-
-def mmap_large_allocations(threshold_bytes: int = 1 << 20) -> bool:
-    """Make glibc serve allocations >= ``threshold_bytes`` with mmap; False where that fails.
-
-    By default glibc raises its mmap threshold after each large free (up to 32 MiB) and keeps
-    freed heap memory for reuse, so a step that spills or recomputes frees activations that
-    the process still holds: peak RSS here was up to 2x the live tensor bytes (1.56 vs 0.88 GiB
-    at 1024 px with disk spill). Process-wide and not undone; call once at start-up.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_mmap_threshold = -3
-        return bool(libc.mallopt(m_mmap_threshold, int(threshold_bytes)))
-    except (OSError, AttributeError):
-        return False
-
-
-@dataclass(frozen=True)
-class Policy:
-    """How a training step keeps its activations; ``apply`` turns it on around forward+backward.
-
-    ``offload``: ``"none"``, ``"host"`` (pinned host memory; a pass-through on CPU) or ``"disk"``.
-    ``checkpoint``: recompute the HRNet stem, layer1 blocks and HRNet modules, and with
-    ``checkpoint_head`` (the default) the context module and the heads, in backward. The heads
-    halve what a 6800x7200 step keeps (ElegantSeg-S: 72 -> 36 GiB saved; 48 -> 28 GiB peak
-    without spilling) for a few 1x1 convolutions more.
-    ``band``: run the stem, layer1, the heads and the context module band by band instead
-    (:mod:`.band_model`; exact, BatchNorm included), so that their full-resolution maps are never
-    recomputed whole (a band's input is about ``band_bytes``); HRNet's modules are then
-    checkpointed with their blocks nested inside.
-    """
-
-    checkpoint: bool = False
-    band: bool = False
-    band_bytes: int = 64 << 20
-    offload: str = "none"
-    checkpoint_head: bool = True
-    threshold_bytes: int = DEFAULT_THRESHOLD
-    spill_dir: str | None = None
-    prefetch: int = 2
-    max_inflight_bytes: int = 64 << 20
-
-    def __post_init__(self) -> None:
-        if self.offload not in ("none", "host", "disk"):
-            raise ValueError(f"offload must be 'none', 'host' or 'disk', got {self.offload!r}")
-
-    @property
-    def name(self) -> str:
-        parts = (["checkpoint"] if self.checkpoint else []) + (["band"] if self.band else []) + \
-            ([self.offload] if self.offload != "none" else [])
-        return "+".join(parts) or "none"
-
-    @classmethod
-    def from_name(cls, name: str, **kwargs: Any) -> "Policy":
-        """``"none"``, ``"checkpoint"``, ``"host"``, ``"disk"``, ``"checkpoint+disk"``, ..."""
-        parts = set(name.split("+")) - {"none"}
-        unknown = parts - {"checkpoint", "band", "host", "disk"}
-        if unknown or {"host", "disk"} <= parts:
-            raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
-        offload = "host" if "host" in parts else "disk" if "disk" in parts else "none"
-        return cls(checkpoint="checkpoint" in parts, band="band" in parts, offload=offload, **kwargs)
-
-    def hooks(self, model: nn.Module | None = None, meter: MemoryMeter | None = None) -> _OffloadHooks | None:
-        """The saved-tensor hooks of this policy (None for no offload); parameters stay in place."""
-        if self.offload == "host":
-            return HostOffload(self.threshold_bytes, meter, self.prefetch, keep=model)
-        if self.offload == "disk":
-            return DiskOffload(self.spill_dir, self.threshold_bytes, meter, self.prefetch, keep=model,
-                               max_inflight_bytes=self.max_inflight_bytes)
-        return None
-
-    @contextmanager
-    def apply(self, model: nn.Module, meter: MemoryMeter | None = None) -> Iterator[_OffloadHooks | None]:
-        """``with policy.apply(model, meter): loss = f(model(x)); loss.backward()``.
-
-        Backward must run inside: the disk target deletes its spill folder on exit. Checkpoint
-        wrappers are installed on entry and removed on exit (the model is unchanged afterwards).
-        """
-        with self.wrapped(model):
-            hooks = self.hooks(model, meter)
-            with hooks if hooks is not None else nullcontext():
-                yield hooks
-
-    @contextmanager
-    def wrapped(self, model: nn.Module) -> Iterator[None]:
-        """The policy's checkpointing and banding installed on ``model``, removed on exit."""
-        handles: list[Any] = []
-        try:
-            if self.band:
-                handles.append(band_model(model, self.band_bytes))
-            if self.checkpoint:
-                handles.append(checkpoint_hrnet(model, stem=not self.band, layer1=not self.band,
-                                                head=self.checkpoint_head and not self.band, blocks=self.band))
-            yield
-        finally:
-            for h in reversed(handles):
-                h.remove()
-
-
-class _Measure(_OffloadHooks):
+class _Measure(OffloadHooks):
     """Keeps everything in place and counts the distinct saved bytes (for policies without hooks)."""
 
     def __init__(self, threshold_bytes: int, keep: nn.Module):
         super().__init__(threshold_bytes, None, 0, keep)
         self.total = 0
 
-    def _store(self, rec: _Saved, t: torch.Tensor) -> _Kept:
-        return _Kept(t.detach(), None, counted=False)
+    def store(self, rec: SavedRecord, t: torch.Tensor) -> Kept:
+        return Kept(t.detach(), None, counted=False)
 
-    def _on_new(self, nbytes: int, small: bool) -> None:
+    def on_new(self, nbytes: int, small: bool) -> None:
         self.total += nbytes
 
 
-class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of the CPU tensor storages created while active (forward, hooks and backward).
 
-    CPU tensors have no allocator statistics; this counts every op's output storages and drops
-    them when their storage dies (swept every few ops and whenever the peak would grow by
-    over 1 %, so the peak is exact to 1 %).
-    Parameter gradients are left out (a fixed cost the planner adds itself): counted, they make
-    the peak of a small dry run a poor guide to how it grows with pixels.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
-        self.now = self.peak = 0
-        self._ops = 0
-        self._params = [p for p in model.parameters() if p.requires_grad]
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> "LiveTensorBytes":
-        self._handles = [p.register_post_accumulate_grad_hook(self._forget_grad) for p in self._params]
-        return super().__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        super().__exit__(*exc)
-
-    def _forget_grad(self, p: torch.Tensor) -> None:
-        entry = self.live.pop(p.grad.untyped_storage().data_ptr(), None)
-        if entry is not None:
-            self.now -= entry[1]
-
-    def _sweep(self) -> None:
-        for ptr in [k for k, (ref, _) in self.live.items() if ref.expired()]:
-            self.now -= self.live.pop(ptr)[1]
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        self._ops += 1
-        if self._ops % 8 == 0:
-            self._sweep()
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.layout != torch.strided:
-                continue
-            storage = t.untyped_storage()
-            ptr, nbytes = storage.data_ptr(), storage.nbytes()
-            entry = self.live.get(ptr)
-            if nbytes == 0 or (entry is not None and not entry[0].expired()):
-                continue
-            if entry is not None:
-                self.now -= entry[1]
-            self.live[ptr] = (StorageWeakRef(storage), nbytes)
-            self.now += nbytes
-            if self.now > self.peak * 1.01:
-                self._sweep()  # a new peak counts what is still alive (to within 1 %: sweeping at
-            self.peak = max(self.peak, self.now)  # every new peak made a step 6x slower)
-        return out
-
-
-def _default_loss(out: Any) -> torch.Tensor:
+def default_loss(out: Any) -> torch.Tensor:
     """Cross-entropy on every 4-D output (logits and auxiliary logits), like the real loss; logits
     at a feature stride (``upsample=False``) through the banded BAE loss, as the trainer does."""
     stride = int(getattr(out, "stride", 1) or 1)
@@ -387,7 +180,7 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
     has_hrnet = bool(find_hrnets(model))
     if not has_hrnet:
         order = [n for n in order if "checkpoint" not in n]
-    loss_fn = loss_fn or _default_loss
+    loss_fn = loss_fn or default_loss
     scene_px = batch * _pad32(h) * _pad32(w)
 
     probe_model = copy.deepcopy(model).to(device).train()
@@ -408,7 +201,7 @@ def plan(model: nn.Module, sample_shape: Sequence[int], budget_bytes: int | str 
             peak, host, saved = _dry_run(probe_model, x, loss_fn, Policy.from_name(
                 name, threshold_bytes=max(1, int(threshold_bytes * scale)), spill_dir=spill_dir,
                 max_inflight_bytes=0, band_bytes=max(1024, int(band_bytes * scale))), forward_kwargs)
-            rows.setdefault(name, []).append(peak + _nbytes(x))
+            rows.setdefault(name, []).append(peak + tensor_nbytes(x))
             rows.setdefault(name + ":host", []).append(host)
             rows.setdefault(name + ":saved", []).append(saved)
         full = {k: _fit(pixels, rows[k], scene_px / batch) * batch for k in (name, name + ":host", name + ":saved")}

@@ -1,9 +1,10 @@
 """Give back the pages of a spilled tensor that has been read (RSS, not correctness).
 
-A tensor that :class:`.hooks.DiskOffload` brings back for backward is a private mapping of its
-spill file, and every page read stays resident until the whole tensor dies. Code that reads such
-a tensor slice by slice (the banded segments, ECR's key context) drops each slice once done, so
-a 3 GB saved map costs one slice of RSS, not 3 GB.
+A tensor that :class:`elegantviz.offload.disk.DiskOffload` brings back for backward is a private
+mapping of its spill file, and every page read stays resident until the whole tensor dies. Code
+that reads such a tensor slice by slice (ECR's key context here, the banded segments of
+:mod:`elegantviz.offload`) drops each slice once done, so a 3 GB saved map costs one slice of
+RSS, not 3 GB. It lives with the models because model code needs it and models sit below offload.
 """
 
 from __future__ import annotations
