@@ -23,7 +23,7 @@ from elegantviz.offload import LiveTensorBytes, Policy
 from elegantviz.models.receptive import reach
 from elegantviz.offload.band_model import band_model
 from elegantviz.offload.banded import Banded, banded
-from elegantviz.models.pages import SPILL_PREFIX, drop_file_pages, file_backed
+from elegantviz.pages import SPILL_PREFIX, drop_file_pages, file_backed
 from elegantviz.offload.meter import current_rss
 
 timm = pytest.importorskip("timm")

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..autocast import compute_dtype, no_autocast
-from .pages import drop_file_pages, spill_mapping
+from ..pages import drop_file_pages, spill_mapping
 
 __all__ = ["ECR", "Evidence", "AttentionNorm", "ECRForm", "logit_margin", "select_hard", "num_hard",
            "efficient_attention", "key_context", "normalise", "CONTEXT_CHUNKS"]

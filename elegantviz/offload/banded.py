@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.pages import drop_file_pages, spill_mapping
+from ..pages import drop_file_pages, spill_mapping
 from .band_norms import (BandState, StopBand, banded_dropout_forward, banded_norm_forward, finish_stats, global_norm,
                          unbandable)
 

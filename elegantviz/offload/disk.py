@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import torch
 
 from .hooks import DEFAULT_THRESHOLD, OffloadHooks
-from ..models.pages import SPILL_PREFIX
+from ..pages import SPILL_PREFIX
 from .records import Payload, SavedRecord, flat_source, tensor_nbytes
 
 __all__ = ["DiskOffload", "default_spill_root"]

@@ -2,9 +2,9 @@
 
 A tensor that :class:`elegantviz.offload.disk.DiskOffload` brings back for backward is a private
 mapping of its spill file, and every page read stays resident until the whole tensor dies. Code
-that reads such a tensor slice by slice (ECR's key context here, the banded segments of
+that reads such a tensor slice by slice (ECR's key context, the banded segments of
 :mod:`elegantviz.offload`) drops each slice once done, so a 3 GB saved map costs one slice of
-RSS, not 3 GB. It lives with the models because model code needs it and models sit below offload.
+RSS, not 3 GB. It sits in the bottom layer because both the models and offload need it.
 """
 
 from __future__ import annotations
