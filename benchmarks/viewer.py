@@ -50,7 +50,7 @@ def build_store(size: int) -> Path:
 
     from elegantviz.data.synthetic import POND, RIVER, synthesize_riverworld, value_noise
     from elegantviz.io.store import open_scene
-    from napari_elegantviz._boundary import boundary_levels
+    from elegantviz.analysis.sobel import boundary_levels
 
     path = SCRATCH / f"riverworld{size // 1000}k.zarr" if size >= 10000 else SCRATCH / f"riverworld{size}.zarr"
     try:
@@ -270,7 +270,8 @@ def predict_responsiveness(size: int = 512, tick_ms: int = 20) -> dict:
         "meets_goal_outside_layer_adds": bool(max(outside) <= 100.0),
         "written": summary.get("written"),
         "load_average_at_start": load,
-        "note": "prediction runs in its own process (napari_elegantviz._prediction_process) with "
+        "note": "prediction runs in its own process (`elegantviz predict --progress-json`, started by "
+                "napari_elegantviz.prediction) with "
                 "cpu_count - 1 torch threads; the GUI thread only adds a layer as each part is written, and "
                 "napari building a layer's visuals on Mesa llvmpipe is what the longest gaps are",
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 from elegantviz import __version__
@@ -81,6 +83,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    if args.progress_json:
+        return _predict_json(args)
+    if args.stdin_cancel:
+        raise ElegantvizError("--stdin-cancel goes with --progress-json (where a cancelled run is reported)")
     from elegantviz.engine.predict import predict_scene
 
     for path in args.scenes:
@@ -90,6 +96,58 @@ def _predict(args: argparse.Namespace) -> None:
         print(f"{path}: {summary['mode']} prediction in {summary['total_s']:.1f} s "
               f"(network {summary['forward_s']:.1f} s{', resumed' if summary['resumed'] else ''}); "
               f"wrote {', '.join(summary['written'])}")
+
+
+class Cancelled(Exception):
+    """Raised between two stages once a cancel was asked for; the store is valid and resumable."""
+
+    def __init__(self, before: str, done: int, total: int):
+        super().__init__(before)
+        self.report = {"before": before, "done": done, "total": total}
+
+
+def watch_stdin(cancel: threading.Event) -> None:
+    """Set ``cancel`` at a line ``cancel`` on stdin, or when stdin closes (the caller went away)."""
+    for line in sys.stdin:
+        if line.strip() == "cancel":
+            break
+    cancel.set()
+
+
+def _predict_json(args: argparse.Namespace) -> None:
+    """``--progress-json``: JSON lines on stdout (see the option's help); anything else printed
+    goes to stderr, so a reader of stdout sees only the protocol."""
+    from elegantviz.engine.predict import predict_scene
+
+    out, sys.stdout = sys.stdout, sys.stderr
+    cancel = threading.Event()
+    if args.stdin_cancel:
+        threading.Thread(target=watch_stdin, args=(cancel,), name="stdin-cancel", daemon=True).start()
+
+    def send(message: dict) -> None:
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    try:
+        for path in args.scenes:
+            def on_stage(name: str, done: int, total: int, path=path) -> None:
+                if cancel.is_set():
+                    raise Cancelled(name, done, total)
+                send({"scene": path, "stage": name, "done": done, "total": total, "at": time.time()})
+
+            try:
+                summary = predict_scene(args.checkpoint, path, mode=args.mode, name=args.name, crop=args.crop,
+                                        overlap=args.overlap, pairs=args.pair, device=args.device, progress=False,
+                                        on_stage=on_stage, tile=args.tile)
+            except Cancelled as stop:
+                send({"scene": path, "cancelled": stop.report})
+                return
+            except Exception as exc:
+                send({"scene": path, "error": str(exc), "type": type(exc).__name__})
+                raise
+            send({"scene": path, "summary": summary})
+    finally:
+        sys.stdout = out
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -102,12 +160,13 @@ def _evaluate(args: argparse.Namespace) -> None:
         out = Path(args.out) / Path(path).stem if len(args.scenes) > 1 else Path(args.out)
         js, png = write_report(report, out)
         print(format_report(report))
-        print(f"report: {js}  figure: {png}")
+        regions = f"  regions: {report['regions_file']}" if "regions_file" in report else ""
+        print(f"report: {js}  figure: {png}{regions}")
 
 
 def _view(args: argparse.Namespace) -> None:
     try:
-        from napari_elegantviz._view import view_scene
+        from napari_elegantviz.view import view_scene
     except ImportError as e:
         raise ElegantvizError(f"the viewer needs the 'viewer' extra: pip install 'elegantviz[viewer]' ({e})") from None
     view_scene(args.scene)
@@ -193,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     pr.add_argument("--tile", type=int, help="holistic in bounded memory: run the network unit by unit in halo "
                                              "tiles of this many pixels (same result; for scenes that do not fit)")
+    pr.add_argument("--progress-json", action="store_true",
+                    help="machine-readable progress: one JSON object per line on stdout, "
+                         '{"scene", "stage", "done", "total", "at"} as each stage starts (at: epoch seconds), '
+                         'then per scene one of {"scene", "summary"}, {"scene", "cancelled": {"before", "done", '
+                         '"total"}} or {"scene", "error", "type"}; other output goes to stderr')
+    pr.add_argument("--stdin-cancel", action="store_true",
+                    help="stop at the next stage boundary (the store stays valid; running again resumes) when "
+                         "stdin reads a line 'cancel' or closes; for a program driving the run")
 
     e = add("evaluate", _evaluate, "metrics of labels/pred against labels/gt, confusion pairs and their regions")
     e.add_argument("scenes", nargs="+", help="scene stores with labels/pred and labels/gt")

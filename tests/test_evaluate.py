@@ -88,5 +88,13 @@ def test_evaluate_cli_writes_report_error_map_and_regions(riverworld_store, tmp_
     stored = open_scene(scene.url)
     codes = stored.label("error").compute()
     assert (codes[gt == pond] == 2).all() and (codes[gt != pond] == 0).all()
-    assert stored.root["labels/error"].attrs["elegantviz"]["pairs"][1]["pair"] == "pond->river"
+    assert stored.part_meta("labels", "error")["pairs"][1]["pair"] == "pond->river"
     assert "pond->river" in capsys.readouterr().out
+    # the regions file beside the store, which the napari error navigator loads by itself
+    from elegantviz.analysis.regions import load_regions, regions_path
+
+    regions = load_regions(regions_path(scene.url))
+    assert [(r.pair, r.area, r.bbox) for r in regions if r.pair == "pond->river"] == [
+        (r["pair"], r["area"], tuple(r["bbox"])) for r in pond_as_river["regions"]]
+    assert [r.area for r in regions] == sorted((r.area for r in regions), reverse=True)
+    assert report["regions_file"] == str(regions_path(scene.url))

@@ -120,27 +120,34 @@ def test_predict_dock_keeps_the_gui_responsive_and_adds_every_part(make_napari_v
     assert "Predicted in" in predict.status.text()
 
 
-# prediction processes with a patched predict module: the boundary stage waits for Cancel (so the
-# stop point is certain), or the forward pass fails the run (so a resume must not need it)
+# prediction processes running the real `elegantviz predict` with a patched library: the boundary
+# stage waits for Cancel (so the stop point is certain), or the forward pass fails the run (so a
+# resume must not need it)
 HOLD_BOUNDARY_UNTIL_CANCEL = """
 import sys
+from elegantviz import cli
 from elegantviz.engine import predict
-from napari_elegantviz import _prediction_process as child
+asked = []
+real_watch = cli.watch_stdin
+def watch(cancel):
+    asked.append(cancel)
+    real_watch(cancel)
+cli.watch_stdin = watch
 real_sobel = predict.sobel_map
 def held(*args, **kwargs):
-    assert child.CANCEL.wait(60)
+    assert asked[0].wait(60)
     return real_sobel(*args, **kwargs)
 predict.sobel_map = held
-sys.exit(child.main(sys.argv[1:]))
+sys.exit(cli.main(sys.argv[1:]))
 """
 FORBID_FORWARD = """
 import sys
-from elegantviz.engine import predict
-from napari_elegantviz import _prediction_process as child
+from elegantviz import cli
+from elegantviz.inference import whole
 def forward(*args, **kwargs):
     raise RuntimeError("the forward pass ran again")
-predict.forward_holistic = forward
-sys.exit(child.main(sys.argv[1:]))
+whole.predict_whole = forward
+sys.exit(cli.main(sys.argv[1:]))
 """
 
 
@@ -152,17 +159,19 @@ CRASH = "import sys; sys.stderr.write('Segmentation fault\\n'); sys.exit(139)"
 
 
 def patched_child(code):
-    return lambda checkpoint, scene, mode: [sys.executable, "-c", code, checkpoint, scene, mode]
+    from napari_elegantviz.prediction import predict_args
+
+    return lambda checkpoint, scene, mode: [sys.executable, "-c", code, *predict_args(checkpoint, scene, mode)]
 
 
 def test_cancel_keeps_the_store_valid_and_predicting_again_resumes(make_napari_viewer, qtbot, checkpoint, tmp_path,
                                                                   monkeypatch):
-    from napari_elegantviz import _prediction
+    from napari_elegantviz import prediction
 
     path = tiny_scene(tmp_path / "cancel.zarr", 96, seed=4).url
     viewer = make_napari_viewer()
     predict = open_with_dock(viewer, path, "Predict")
-    monkeypatch.setattr(_prediction, "child_command", patched_child(HOLD_BOUNDARY_UNTIL_CANCEL))
+    monkeypatch.setattr(prediction, "child_command", patched_child(HOLD_BOUNDARY_UNTIL_CANCEL))
     start_prediction(predict, checkpoint)
     predict.worker.yielded.connect(lambda stage: stage.name == "maps/boundary" and predict.cancel_button.click())
     summary = wait_for(qtbot, predict)
@@ -175,7 +184,7 @@ def test_cancel_keeps_the_store_valid_and_predicting_again_resumes(make_napari_v
     assert set(parts_shown(viewer, path)) == {"image", "labels/gt", "labels/pred", "maps/margin", "labels/hard",
                                               "maps/boundary"}
 
-    monkeypatch.setattr(_prediction, "child_command", patched_child(FORBID_FORWARD))
+    monkeypatch.setattr(prediction, "child_command", patched_child(FORBID_FORWARD))
     predict.run_button.click()
     summary = wait_for(qtbot, predict)
     assert summary["resumed"] and summary["written"] == HOLISTIC_PARTS
@@ -186,7 +195,7 @@ def test_cancel_keeps_the_store_valid_and_predicting_again_resumes(make_napari_v
 
 
 def test_sliced_mode_and_failures(make_napari_viewer, qtbot, checkpoint, tmp_path, monkeypatch):
-    from napari_elegantviz import _prediction
+    from napari_elegantviz import prediction
 
     path = tiny_scene(tmp_path / "sliced.zarr", 96, seed=6).url
     viewer = make_napari_viewer()
@@ -203,31 +212,40 @@ def test_sliced_mode_and_failures(make_napari_viewer, qtbot, checkpoint, tmp_pat
     predict.checkpoint_edit.setText(str(checkpoint))
     for child, message in ((FAIL_LIKE_A_BAD_CHECKPOINT, "UnpicklingError: not a checkpoint"),
                            (CRASH, "exited with code 139: Segmentation fault")):
-        monkeypatch.setattr(_prediction, "child_command", patched_child(child))
+        monkeypatch.setattr(prediction, "child_command", patched_child(child))
         predict.run_button.click()
         qtbot.waitUntil(lambda: not predict.running, timeout=WAIT_MS)
         assert message in predict.summary["error"] and "Prediction failed" in predict.status.text()
         assert predict.run_button.isEnabled() and predict.progress_bar is None
 
 
-def test_prediction_process_reports_errors_and_cancels_on_closed_stdin(checkpoint, tmp_path, capsys, monkeypatch):
+def test_predict_progress_json_reports_errors_and_cancels_on_closed_stdin(checkpoint, tmp_path, capsys,
+                                                                         monkeypatch):
     import io
     import json
 
-    from napari_elegantviz import _prediction_process as child
+    from elegantviz.cli import main
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     path = tiny_scene(tmp_path / "s.zarr", 96, seed=8).url
-    monkeypatch.setattr(child, "CANCEL", __import__("threading").Event())
+    args = ["--progress-json", "--stdin-cancel"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("keep going\n"))  # then EOF: the parent is gone
-    assert child.main([str(garbage), path, "holistic"]) == 1
-    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"error", "type"}
-    child.CANCEL.wait(5)  # stdin closed: the next stage boundary stops the run
-    assert child.main([str(checkpoint), path, "holistic"]) == 0
+    assert main(["predict", str(garbage), path, *args]) == 2
+    out, err = capsys.readouterr()
+    assert set(json.loads(out.strip().splitlines()[-1])) == {"scene", "error", "type"}
+    assert "not a readable elegantviz checkpoint" in err  # the usual error line, on stderr
+    monkeypatch.setattr(sys, "stdin", io.StringIO("keep going\n"))  # stdin closes: the next stage boundary stops
+    assert main(["predict", str(checkpoint), path, *args]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert lines == [{"cancelled": {"before": "forward", "done": 0, "total": 9}}]
+    assert lines == [{"scene": path, "cancelled": {"before": "forward", "done": 0, "total": 9}}]
     assert open_scene(path).labels == ["gt"]
+    # without --stdin-cancel nothing stops it: every stage, then the summary, one JSON object per line
+    assert main(["predict", str(checkpoint), path, "--progress-json", "--mode", "sliced"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [m.get("stage") for m in lines] == ["forward", "labels/pred", "labels/error", "done", None]
+    assert [m["done"] for m in lines[:-1]] == [0, 1, 2, 3] and {m["total"] for m in lines[:-1]} == {3}
+    assert lines[-1]["summary"]["written"] == ["labels/pred", "labels/error"] and lines[-1]["scene"] == path
 
 
 # --- a really predicted store in the viewer --------------------------------------------------
@@ -321,7 +339,7 @@ def test_attention_probe_click_shows_that_pixels_attention(make_napari_viewer, q
 
 def test_probe_pyramid_is_the_mean_attention_of_each_block(tmp_path):
     from elegantviz.analysis.attention import pixel_attention
-    from napari_elegantviz._probe_map import probe_layer
+    from napari_elegantviz.layers import probe_layer
 
     scene = tiny_scene(tmp_path / "keys.zarr", 256, seed=1)
     rng = np.random.default_rng(0)
@@ -340,11 +358,11 @@ def test_probe_pyramid_is_the_mean_attention_of_each_block(tmp_path):
 
 # --- sample data -----------------------------------------------------------------------------
 def test_sample_is_predicted_when_a_checkpoint_is_configured(make_napari_viewer, monkeypatch, tmp_path, checkpoint):
-    from napari_elegantviz import _sample_data
+    from napari_elegantviz import sample_data
 
     monkeypatch.setenv("ELEGANTVIZ_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ELEGANTVIZ_CHECKPOINT", str(checkpoint))
-    monkeypatch.setattr(_sample_data, "SAMPLE_SIZE", 96)  # the real sample is 512 px; same path, less time
+    monkeypatch.setattr(sample_data, "SAMPLE_SIZE", 96)  # the real sample is 512 px; same path, less time
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, "riverworld")
     names = {ly.name for ly in layers}
@@ -357,18 +375,18 @@ def test_sample_is_predicted_when_a_checkpoint_is_configured(make_napari_viewer,
     assert not layers[1].multiscale  # smaller than a tile: one level, shown as a plain array
 
     # the cache-root file works too, and a checkpoint that cannot predict falls back to the plain scene
-    from napari_elegantviz import _prediction
+    from napari_elegantviz import prediction
 
     monkeypatch.delenv("ELEGANTVIZ_CHECKPOINT")
     (tmp_path / "cache" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    monkeypatch.setattr(_prediction, "child_command", patched_child(FAIL_LIKE_A_BAD_CHECKPOINT))
+    monkeypatch.setattr(prediction, "child_command", patched_child(FAIL_LIKE_A_BAD_CHECKPOINT))
     with pytest.warns(UserWarning, match="without prediction.*UnpicklingError"):
         plain = viewer.open_sample(PLUGIN, "riverworld")
     assert [ly.metadata["elegantviz"]["part"] for ly in plain] == ["image", "labels/gt"]
     assert "-pred-" not in plain[0].metadata["elegantviz"]["scene"]
     # with neither, the shipped riverworld model is the default (for the sample and the Predict dock)
     from elegantviz.weights import shipped_checkpoint
-    from napari_elegantviz._cache import configured_checkpoint
+    from napari_elegantviz.cache import configured_checkpoint
 
     (tmp_path / "cache" / "checkpoint.pt").unlink()
     assert configured_checkpoint() == shipped_checkpoint()

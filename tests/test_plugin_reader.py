@@ -1,8 +1,7 @@
-"""napari plugin without a window: manifest, light import, reader, writer, regions, boundaries."""
+"""napari plugin without a window: manifest, light import, reader, writer, boundaries."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +35,11 @@ def test_manifest_validates():
 
 def test_modules_napari_imports_at_start_up_stay_light():
     code = (
-        "import sys, napari_elegantviz, napari_elegantviz._reader, napari_elegantviz._writer, "
-        "napari_elegantviz._sample_data, napari_elegantviz._layers, napari_elegantviz._regions, "
-        "napari_elegantviz._prediction, napari_elegantviz._prediction_process, napari_elegantviz._probe_map\n"
+        "import sys, napari_elegantviz, napari_elegantviz.reader, napari_elegantviz.writer, "
+        "napari_elegantviz.sample_data, napari_elegantviz.layers, napari_elegantviz.palette, "
+        "napari_elegantviz.prediction, napari_elegantviz.viewer_layers, napari_elegantviz.view, "
+        "napari_elegantviz.cache, napari_elegantviz.docks, elegantviz.analysis.regions, elegantviz.analysis.shares, "
+        "elegantviz.analysis.sobel, elegantviz.analysis.attention, elegantviz.cli\n"
         "heavy = [m for m in ('napari', 'qtpy', 'PyQt6', 'torch', 'magicgui') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
@@ -47,7 +48,7 @@ def test_modules_napari_imports_at_start_up_stay_light():
 
 
 def test_reader_returns_lazy_multiscale_layers(store):
-    from napari_elegantviz._reader import get_reader
+    from napari_elegantviz.reader import get_reader
 
     reader = get_reader(str(store))
     assert callable(reader)
@@ -77,8 +78,8 @@ def test_reader_returns_lazy_multiscale_layers(store):
 
 
 def test_reader_false_colour_and_other_dtypes(store, tmp_path):
-    from napari_elegantviz._layers import choose_bands
-    from napari_elegantviz._reader import read_scene
+    from elegantviz.io.bands import choose_bands
+    from napari_elegantviz.reader import read_scene
 
     scene = open_scene(store)
     layers = read_scene(str(store), composite="false-colour")
@@ -112,7 +113,7 @@ def test_reader_loads_nothing_up_front(store, tmp_path):
     """Level 0 and 1 chunks replaced by garbage: reading works, computing them fails."""
     import shutil
 
-    from napari_elegantviz._reader import read_scene
+    from napari_elegantviz.reader import read_scene
 
     copy = tmp_path / "garbled.zarr"
     shutil.copytree(store, copy)
@@ -132,7 +133,7 @@ def test_reader_loads_nothing_up_front(store, tmp_path):
 def test_reader_keeps_the_names_prediction_gives_the_hard_region(tmp_path):
     from elegantviz.classes import ClassTable
 
-    from napari_elegantviz._reader import read_scene
+    from napari_elegantviz.reader import read_scene
 
     scene = riverworld_store(tmp_path / "s.zarr", size=256, evidence=False)
     table = ClassTable.from_dict({"name": "hard", "classes": [{"id": 0, "name": "easy", "color": [0, 0, 0]},
@@ -145,7 +146,7 @@ def test_reader_keeps_the_names_prediction_gives_the_hard_region(tmp_path):
 
 
 def test_reader_declines_what_is_not_a_scene(tmp_path, store):
-    from napari_elegantviz._reader import get_reader
+    from napari_elegantviz.reader import get_reader
 
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("x", shape=(4,), dtype="u1")
     (tmp_path / "notes.zarr").write_text("a file")
@@ -160,8 +161,8 @@ def test_reader_declines_what_is_not_a_scene(tmp_path, store):
 def test_writer_round_trip_into_existing_and_new_stores(store, tmp_path):
     import shutil
 
-    from napari_elegantviz._palette import label_colormap, label_features
-    from napari_elegantviz._writer import write_labels
+    from napari_elegantviz.palette import label_colormap, label_features
+    from napari_elegantviz.writer import write_labels
 
     target = tmp_path / "scene.zarr"
     shutil.copytree(store, target)
@@ -215,40 +216,10 @@ def test_writer_round_trip_into_existing_and_new_stores(store, tmp_path):
     np.testing.assert_array_equal(np.asarray(node.data[0]), mask)
 
 
-def test_regions_format(tmp_path):
-    from napari_elegantviz._regions import Region, default_path, load_regions, parse_regions, save_regions
-
-    rows = [{"pair": "pond->river", "bbox": [0, 0, 10, 10], "area": 50},
-            {"pair": "river->pond", "bbox": [5, 6, 40, 60], "area": 900, "label": 2}]
-    regions = parse_regions(rows)
-    assert [r.area for r in regions] == [900, 50] and regions[0].truth == "river" and regions[0].predicted == "pond"
-    assert regions[0].centre == (22.5, 33.0)
-    path = tmp_path / "s.errors.json"
-    save_regions(path, [Region("a->b", (1, 2, 3, 4), 5)])
-    assert json.loads(path.read_text()) == [{"pair": "a->b", "bbox": [1, 2, 3, 4], "area": 5}]
-    assert load_regions(path)[0].bbox == (1, 2, 3, 4)
-    assert default_path("/data/s.zarr") == Path("/data/s.errors.json")
-    # what `elegantviz evaluate` writes: report.json with pairs, each with its regions (and means)
-    report = {"pairs": [{"pair": "river->pond", "pixels": 30, "regions": [
-        {"pair": "river->pond", "area": 20, "bbox": [0, 0, 4, 5], "means": {"margin": 0.1}},
-        {"pair": "river->pond", "area": 10, "bbox": [9, 9, 12, 14], "means": {}}]},
-        {"pair": "pond->river", "pixels": 15, "regions": [{"pair": "pond->river", "area": 15, "bbox": [1, 1, 5, 5]}]}]}
-    (tmp_path / "report.json").write_text(json.dumps(report))
-    assert [(r.pair, r.area) for r in load_regions(tmp_path / "report.json")] == [
-        ("river->pond", 20), ("pond->river", 15), ("river->pond", 10)]
-    for bad in ({"pair": "x"}, [{"pair": "river", "bbox": [0, 0, 1, 1], "area": 1}],
-                [{"pair": "a->b", "bbox": [5, 5, 5, 9], "area": 1}], [{"pair": "a->b", "bbox": [0, 0, 1, 1]}]):
-        with pytest.raises(InputError):
-            parse_regions(bad)
-    (tmp_path / "broken.json").write_text("[{")
-    with pytest.raises(InputError):
-        load_regions(tmp_path / "broken.json")
-
-
 def test_lazy_boundary_matches_whole_image_sobel():
     from scipy import ndimage
 
-    from napari_elegantviz._boundary import boundary_levels
+    from elegantviz.analysis.sobel import boundary_levels
 
     rng = np.random.default_rng(1)
     labels = ndimage.zoom(rng.integers(0, 5, (20, 24)).astype(np.uint8), 13, order=0)  # blocks, many edges

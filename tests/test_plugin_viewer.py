@@ -91,9 +91,9 @@ def test_legend_counts_scene_and_view_shares(make_napari_viewer, qtbot, store, g
     # switching the layer re-counts for that layer's table
     legend.layer_box.setCurrentText("hard")
     qtbot.waitUntil(lambda: legend.scene_counts is not None and legend.table.name == "hard", timeout=10000)
-    qtbot.waitUntil(lambda: legend.share_text("hard region", "in scene") != "…", timeout=10000)
-    assert legend.share_text("hard region", "in scene") == f"{100 * (gt == RIVER).mean():.1f} %"
-    assert legend.hidden == {0}  # "not hard" is drawn transparent, so it starts unticked
+    qtbot.waitUntil(lambda: legend.share_text("hard", "in scene") != "…", timeout=10000)
+    assert legend.share_text("hard", "in scene") == f"{100 * (gt == RIVER).mean():.1f} %"
+    assert legend.hidden == {0}  # "easy" (schema.HARD_NAMES) is drawn transparent, so it starts unticked
 
 
 def test_overlays_add_a_lazy_sobel_boundary(make_napari_viewer, store, gt):
@@ -117,18 +117,18 @@ def test_overlays_add_a_lazy_sobel_boundary(make_napari_viewer, store, gt):
 
 
 def test_error_navigator_loads_regions_and_zooms_there(make_napari_viewer, store, tmp_path):
-    from napari_elegantviz._regions import default_path
+    from elegantviz.analysis.regions import regions_path
 
     regions = [{"pair": "pond->river", "bbox": [10, 20, 30, 60], "area": 400},
                {"pair": "river->pond", "bbox": [200, 300, 260, 420], "area": 3000},
                {"pair": "river->pond", "bbox": [400, 100, 410, 110], "area": 60}]
-    default_path(store).write_text(json.dumps(regions))
+    regions_path(store).write_text(json.dumps(regions))
     try:
         viewer = make_napari_viewer()
         viewer.open(str(store), plugin=PLUGIN)
         _, nav = viewer.window.add_plugin_dock_widget(PLUGIN, "Error navigator")
     finally:
-        default_path(store).unlink()
+        regions_path(store).unlink()
     assert nav.grid.rowCount() == 3 and [r.area for r in nav.shown] == [3000, 400, 60]
     nav.select_row(0)
     assert tuple(viewer.scene.camera.center[-2:]) == pytest.approx((229.5, 359.5))
@@ -169,14 +169,14 @@ def test_sample_menus_and_view_scene(make_napari_viewer, monkeypatch, tmp_path, 
 
     import napari
 
-    from napari_elegantviz import _view
+    from napari_elegantviz import view
 
     ran = []
     opened = []
     monkeypatch.setattr(napari, "run", lambda *a, **k: ran.append(True))
-    real_open = _view.open_viewer
-    monkeypatch.setattr(_view, "open_viewer", lambda path, show=True: opened.append(real_open(path, show=False)))
-    _view.view_scene(str(store))
+    real_open = view.open_viewer
+    monkeypatch.setattr(view, "open_viewer", lambda path, show=True: opened.append(real_open(path, show=False)))
+    view.view_scene(str(store))
     assert ran == [True]
     other = opened[0]
     try:

@@ -1,9 +1,13 @@
+import json
+from pathlib import Path
+
 import dask.array as da
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from elegantviz.analysis.regions import find_regions
+from elegantviz.analysis.regions import Region, find_regions, load_regions, parse_regions, regions_path, save_regions
+from elegantviz.errors import InputError
 
 
 def dense_regions(mask, values):
@@ -36,3 +40,32 @@ def test_diagonal_touch_across_a_block_corner_is_one_region(pixels):
 
 def test_empty_mask_has_no_regions():
     assert find_regions(da.zeros((10, 10), bool, chunks=5), progress=False) == []
+
+
+# --- the regions file evaluation writes and the napari error navigator reads ---------------------
+def test_regions_format(tmp_path):
+    rows = [{"pair": "pond->river", "bbox": [0, 0, 10, 10], "area": 50},
+            {"pair": "river->pond", "bbox": [5, 6, 40, 60], "area": 900, "label": 2}]
+    regions = parse_regions(rows)
+    assert [r.area for r in regions] == [900, 50] and regions[0].truth == "river" and regions[0].predicted == "pond"
+    assert regions[0].centre == (22.5, 33.0)
+    path = tmp_path / "s.errors.json"
+    save_regions(path, [Region(pair="a->b", bbox=(1, 2, 3, 4), area=5)])
+    assert json.loads(path.read_text()) == [{"pair": "a->b", "bbox": [1, 2, 3, 4], "area": 5}]
+    assert load_regions(path)[0].bbox == (1, 2, 3, 4)
+    assert regions_path("/data/s.zarr") == Path("/data/s.errors.json")
+    # what `elegantviz evaluate` writes: report.json with pairs, each with its regions (and means)
+    report = {"pairs": [{"pair": "river->pond", "pixels": 30, "regions": [
+        {"pair": "river->pond", "area": 20, "bbox": [0, 0, 4, 5], "means": {"margin": 0.1}},
+        {"pair": "river->pond", "area": 10, "bbox": [9, 9, 12, 14], "means": {}}]},
+        {"pair": "pond->river", "pixels": 15, "regions": [{"pair": "pond->river", "area": 15, "bbox": [1, 1, 5, 5]}]}]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert [(r.pair, r.area) for r in load_regions(tmp_path / "report.json")] == [
+        ("river->pond", 20), ("pond->river", 15), ("river->pond", 10)]
+    for bad in ({"pair": "x"}, [{"pair": "river", "bbox": [0, 0, 1, 1], "area": 1}],
+                [{"pair": "a->b", "bbox": [5, 5, 5, 9], "area": 1}], [{"pair": "a->b", "bbox": [0, 0, 1, 1]}]):
+        with pytest.raises(InputError):
+            parse_regions(bad)
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(InputError):
+        load_regions(tmp_path / "broken.json")

@@ -13,27 +13,42 @@ import dask.array as da
 import numpy as np
 
 from elegantviz.errors import InputError
+from elegantviz.io.schema import KEYS, QUERIES
 from elegantviz.io.store import Scene
+
+CONTRAST_MAX_PIXELS = 512 * 512  # levels_display_range reads the first level at most this large
 
 
 def _stride(scene: Scene) -> int:
-    if "keys" not in scene.maps or "queries" not in scene.maps:
+    if KEYS not in scene.maps or QUERIES not in scene.maps:
         raise InputError(f"{scene.url}: no maps/keys and maps/queries; run `elegantviz predict` (holistic) first")
-    return int(scene.map_attrs("keys").get("stride", 1))
+    return int(scene.map_attrs(KEYS).get("stride", 1))
 
 
 def query_vector(scene: Scene, y: int, x: int) -> np.ndarray:
     """The normalised query of the feature pixel under image pixel (y, x)."""
     s = _stride(scene)
-    q = scene.map("queries")
+    q = scene.map(QUERIES)
     fy, fx = min(y // s, q.shape[1] - 1), min(x // s, q.shape[2] - 1)
     return np.asarray(q[:, fy, fx].compute(), np.float32)
 
 
 def attention_from_query(scene: Scene, query: np.ndarray) -> da.Array:
     """(h, w) lazy map, at feature resolution, of the attention ``query`` pays to every pixel."""
-    keys = scene.map("keys").astype(np.float32)
+    keys = scene.map(KEYS).astype(np.float32)
     return da.tensordot(query.astype(np.float32), keys, axes=(0, 0))
+
+
+def attention_levels(scene: Scene, query: np.ndarray) -> list[da.Array]:
+    """(h, w) lazy attention maps of ``query``, one per stored level of ``maps/keys``.
+
+    The attention is linear in the keys and the keys' pyramid is mean-pooled, so the same
+    product with a coarser key level is exactly the mean attention over each block: a pyramid
+    for free, and a viewer reads only what the screen needs.
+    """
+    q = query.astype(np.float32)
+    return [attention_from_query(scene, query)] + [
+        da.tensordot(q, keys.astype(np.float32), axes=(0, 0)) for keys in scene.map_levels(KEYS)[1:]]
 
 
 def pixel_attention(scene: Scene, y: int, x: int) -> np.ndarray:
@@ -43,7 +58,7 @@ def pixel_attention(scene: Scene, y: int, x: int) -> np.ndarray:
 
 def region_attention(scene: Scene, mask: np.ndarray) -> np.ndarray:
     """Attention a set of pixels (a (h, w) boolean mask at feature resolution) pays on average."""
-    q = scene.map("queries")
+    q = scene.map(QUERIES)
     _stride(scene)
     if mask.shape != q.shape[1:]:
         raise InputError(f"mask shape {mask.shape} != feature grid {q.shape[1:]}")
@@ -68,3 +83,10 @@ def display_range(values: np.ndarray, percent: float = 99.5) -> tuple[float, flo
         return 0.0, 1.0
     lo, hi = np.percentile(finite, [100 - percent, percent])
     return float(lo), float(max(hi, lo + 1e-6))
+
+
+def levels_display_range(levels: list[da.Array], max_pixels: int = CONTRAST_MAX_PIXELS,
+                         percent: float = 99.5) -> tuple[float, float]:
+    """``display_range`` of the finest level small enough to read whole (exact on small scenes)."""
+    level = next((lvl for lvl in levels if lvl.size <= max_pixels), levels[-1])
+    return display_range(level.compute(), percent)

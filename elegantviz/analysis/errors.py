@@ -8,6 +8,8 @@ evidence maps (margin, hard-region share), largest first.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dask.array as da
 import numpy as np
 
@@ -64,7 +66,7 @@ def pair_regions(gt: da.Array, pred: da.Array, pairs: list[tuple[int, int]], tab
             "true": table.names[pair[0]],
             "predicted": table.names[pair[1]],
             "pixels": int(sum(r.area for r in regions)),
-            "regions": [{"pair": name, **r.to_dict()} for r in regions[:max_regions]],
+            "regions": [replace(r, pair=name).to_dict() for r in regions[:max_regions]],
             "regions_total": len(regions),
         })
     return out

@@ -10,26 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from elegantviz.io.bands import NATURAL
+from elegantviz.io.schema import GT, HARD, KEYS, PRED, QUERIES
 from elegantviz.io.store import Scene
-
-RGB_NAMES = (("red", "r"), ("green", "g"), ("blue", "b"))
-
-
-def rgb_bands(bands: list[str]) -> list[int]:
-    """Indices of red, green and blue by band name, else the first three bands (or one, grey)."""
-    low = [b.strip().lower() for b in bands]
-    found = [next((i for i, b in enumerate(low) if b in names), None) for names in RGB_NAMES]
-    if None not in found:
-        return found  # type: ignore[return-value]
-    return [0, 1, 2] if len(bands) >= 3 else [0, 0, 0]
-
-
-def display_windows(scene: Scene) -> list[tuple[float, float]] | None:
-    """(start, end) display window per band as conversion stored it (2nd-98th percentile)."""
-    channels = scene.root.attrs.get("ome", {}).get("omero", {}).get("channels")
-    if not channels:
-        return None
-    return [(float(c["window"]["start"]), float(c["window"]["end"])) for c in channels]
 
 
 def display_rgb(image: np.ndarray, bands: list[int], windows: list[tuple[float, float]] | None = None) -> np.ndarray:
@@ -42,12 +25,15 @@ def display_rgb(image: np.ndarray, bands: list[int], windows: list[tuple[float, 
     return np.clip(np.nan_to_num(out), 0.0, 1.0)
 
 
-def scene_rgb(scene: Scene, level: int = 0, window: tuple[slice, slice] | None = None) -> np.ndarray:
-    """The scene (or a window of it) at a pyramid level as display RGB."""
+def scene_rgb(scene: Scene, level: int = 0, window: tuple[slice, slice] | None = None,
+              composite: str = NATURAL) -> np.ndarray:
+    """The scene (or a window of it) at a pyramid level as display RGB, with the bands and
+    contrast windows the napari plugin shows (a one-band scene as grey)."""
     img = scene.image(level)
     if window is not None:
         img = img[(slice(None), *window)]
-    return display_rgb(np.asarray(img.compute()), rgb_bands(scene.bands), display_windows(scene))
+    bands = scene.band_indices(composite)
+    return display_rgb(np.asarray(img.compute()), bands * 3 if len(bands) == 1 else bands, scene.display_windows())
 
 
 def crop_box(bbox, shape: tuple[int, int], pad: int = 16, min_size: int = 48) -> tuple[int, int, int, int]:
@@ -77,7 +63,7 @@ def feature_mask(mask: np.ndarray, origin: tuple[int, int], stride: int, grid: t
     return out
 
 
-def region_panels(scene: Scene, region: dict, pred: str = "pred", gt: str = "gt", pad: int = 16,
+def region_panels(scene: Scene, region: dict, pred: str = PRED, gt: str = GT, pad: int = 16,
                   min_size: int = 48) -> dict:
     """Everything one gallery row shows: crops of image, gt, pred, hard and the region mask,
     the region's attention over the whole scene (feature resolution; None without keys), and
@@ -95,14 +81,14 @@ def region_panels(scene: Scene, region: dict, pred: str = "pred", gt: str = "gt"
         "image": scene_rgb(scene, 0, win),
         "gt": g,
         "pred": p,
-        "hard": np.asarray(scene.label("hard")[win]) if "hard" in scene.labels else None,
+        "hard": np.asarray(scene.label(HARD)[win]) if HARD in scene.labels else None,
         "mask": mask,
         "attention": None,
         "stride": None,
     }
-    if {"keys", "queries"} <= set(scene.maps) and mask.any():
-        stride = int(scene.map_attrs("keys").get("stride", 1))
-        grid = tuple(scene.map("keys").shape[1:])
+    if {KEYS, QUERIES} <= set(scene.maps) and mask.any():
+        stride = int(scene.map_attrs(KEYS).get("stride", 1))
+        grid = tuple(scene.map(KEYS).shape[1:])
         panels["attention"] = region_attention(scene, feature_mask(mask, (y0, x0), stride, grid))
         panels["stride"] = stride
     return panels

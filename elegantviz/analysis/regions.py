@@ -1,39 +1,67 @@
-"""Connected regions of a boolean mask of any size, found block by block.
+"""Connected regions of a boolean mask of any size, found block by block, and the regions file
+evaluation writes and the napari error navigator reads.
 
 Each block is labelled on its own (8-connectivity); regions that touch across block edges
 and corners are joined with a union-find over the edge pixels only, so memory is a block
 plus the statistics, never the whole label image. Region statistics (area, bounding box, and
 the mean of any value maps) are merged as regions join.
+
+Regions file (JSON, UTF-8, ``regions_path``: ``NAME.errors.json`` beside ``NAME.zarr``): a
+list of objects, largest first::
+
+    [{"pair": "river->pond", "bbox": [y0, x0, y1, x1], "area": 5321, "means": {"margin": 0.2}}, ...]
+
+``pair`` is "<true class>-><predicted class>" by class name; ``bbox`` is in level-0 pixels,
+half-open; ``area`` is the region's pixel count (> 0); other keys (``means``, ``label``) are
+optional and ignored. ``load_regions`` also reads an evaluation ``report.json`` (its
+``pairs``, each with its ``regions``), and ``regions_in_store`` the ``pairs`` evaluation keeps
+in the attributes of ``labels/error``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
 from scipy import ndimage
 
+from elegantviz.errors import ElegantvizError, InputError
 from elegantviz.io.blocks import map_blocks_collect
+from elegantviz.io.schema import ERROR, LABELS, PRED
 
 EIGHT = np.ones((3, 3), bool)
+PAIR_ARROW = "->"
 
 
 @dataclass
 class Region:
+    """One connected region; ``pair`` names the confusion it belongs to ("" for a plain mask)."""
+
     area: int
     bbox: tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive), level-0 pixels
     means: dict[str, float] = field(default_factory=dict)
+    pair: str = ""
 
     @property
-    def centroid_hint(self) -> tuple[float, float]:
+    def truth(self) -> str:
+        return self.pair.split(PAIR_ARROW)[0]
+
+    @property
+    def predicted(self) -> str:
+        return self.pair.split(PAIR_ARROW)[1]
+
+    @property
+    def centre(self) -> tuple[float, float]:
         y0, x0, y1, x1 = self.bbox
         return (y0 + y1) / 2, (x0 + x1) / 2
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["bbox"] = list(self.bbox)
-        return d
+        """The region as an evaluation report lists it."""
+        return {"pair": self.pair, "area": int(self.area), "bbox": [int(v) for v in self.bbox],
+                "means": dict(self.means)}
 
 
 def _block_stats(idx, origin, mask, *values):
@@ -157,3 +185,81 @@ def find_regions(mask: da.Array, values: dict[str, da.Array] | None = None, prog
     ]
     regions.sort(key=lambda r: (-r.area, r.bbox))
     return regions
+
+
+# --- the regions file -------------------------------------------------------------------------
+def regions_path(scene_path: str | Path, pred: str = PRED) -> Path:
+    """``NAME.errors.json`` beside ``NAME.zarr`` (``NAME.<pred>.errors.json`` for other labels)."""
+    p = Path(str(scene_path).rstrip("/"))
+    stem = p.name[: -len(".zarr")] if p.name.endswith(".zarr") else p.name
+    return p.with_name(f"{stem}.errors.json" if pred == PRED else f"{stem}.{pred}.errors.json")
+
+
+def parse_regions(data: object, origin: str = "regions") -> list[Region]:
+    """Validate and sort (largest first) the decoded JSON of a regions file."""
+    if not isinstance(data, list):
+        raise InputError(f"{origin}: expected a JSON list of regions, got {type(data).__name__}")
+    regions = []
+    for k, item in enumerate(data):
+        try:
+            pair = str(item["pair"])
+            bbox = tuple(int(v) for v in item["bbox"])
+            area = int(item["area"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{origin}: region {k} needs pair, bbox and area ({type(e).__name__}: {e})") from None
+        if pair.count(PAIR_ARROW) != 1 or len(bbox) != 4 or area <= 0:
+            raise InputError(f"{origin}: region {k} is malformed: {item!r}")
+        y0, x0, y1, x1 = bbox
+        if y1 <= y0 or x1 <= x0:
+            raise InputError(f"{origin}: region {k} has an empty bbox {list(bbox)}")
+        means = item.get("means") if isinstance(item.get("means"), dict) else {}
+        regions.append(Region(area, bbox, dict(means), pair))  # type: ignore[arg-type]
+    return sorted(regions, key=lambda r: -r.area)
+
+
+def regions_of(data: object, origin: str = "regions") -> list[Region]:
+    """Regions from a regions file's list or from an evaluation report's ``pairs``."""
+    if isinstance(data, dict) and isinstance(data.get("pairs"), list):
+        data = [r for entry in data["pairs"] if isinstance(entry, dict) for r in entry.get("regions", [])]
+    return parse_regions(data, origin)
+
+
+def load_regions(path: str | Path) -> list[Region]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"{path}: cannot read error regions ({e})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not JSON ({e})") from None
+    return regions_of(data, origin=str(path))
+
+
+def save_regions(path: str | Path, regions: list[Region]) -> Path:
+    """Write a regions file, largest first (atomically: the navigator never reads half a file)."""
+    rows = []
+    for r in sorted(regions, key=lambda r: -r.area):
+        row = r.to_dict()
+        if not row["means"]:
+            del row["means"]
+        rows.append(row)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def regions_in_store(scene_path: str, label: str = ERROR) -> list[Region] | None:
+    """The regions evaluation kept in ``labels/<label>`` of a scene store, or None if it has none."""
+    from elegantviz.io.store import open_scene
+
+    try:
+        scene = open_scene(scene_path)
+    except (ElegantvizError, OSError):
+        return None
+    if label not in scene.labels:
+        return None
+    pairs = scene.part_meta(LABELS, label).get("pairs")
+    if not pairs:
+        return None
+    return regions_of({"pairs": pairs}, origin=f"{scene_path} {LABELS}/{label}")

@@ -1,5 +1,9 @@
-"""The Sobel boundary map of a whole label image, computed block by block with a halo: the same
-map BAE weighs its loss with (elegantviz.losses.label_sobel), for any scene size."""
+"""Sobel boundaries of label images of any size, block by block with a halo.
+
+``sobel_map`` is the magnitude BAE weighs its loss with (elegantviz.losses.label_sobel);
+``boundary_levels`` is the 0/1 class boundary of every level of a labels pyramid, lazily, as
+the viewer draws it.
+"""
 
 from __future__ import annotations
 

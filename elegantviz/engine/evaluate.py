@@ -1,8 +1,9 @@
 """`elegantviz evaluate`: compare labels/pred with labels/gt over whole scenes, block by block.
 
 Writes a JSON report (metrics, confusion matrix, confusion-pair regions) and a confusion-matrix
-PNG, and stores the error map as ``labels/error`` with the pairs and regions in its
-attributes, so the napari error navigator can list them.
+PNG. With the error map it also stores ``labels/error`` (``error_<pred>`` for other labels),
+with the pairs and regions in its attributes, and the regions file beside the store
+(``elegantviz.analysis.regions.regions_path``), which the napari error navigator loads by itself.
 """
 
 from __future__ import annotations
@@ -13,29 +14,20 @@ from pathlib import Path
 import numpy as np
 
 from elegantviz.analysis.boundaries import boundary_fscore
-from elegantviz.analysis.errors import error_map, pair_name, pair_regions, parse_pairs
+from elegantviz.analysis.errors import error_map, pair_regions, parse_pairs
 from elegantviz.analysis.metrics import confusion_matrix, summarize
-from elegantviz.classes import ClassInfo, ClassTable
+from elegantviz.analysis.regions import parse_regions, regions_path, save_regions
 from elegantviz.errors import InputError
+from elegantviz.io.schema import GT, HARD, LABELS, MARGIN, PRED, error_name, error_table
 from elegantviz.io.store import open_scene
 
-ERROR_LABEL = "error"
-
-
-def error_table(pairs: list[tuple[int, int]], table: ClassTable) -> ClassTable:
-    """Class table of an error map: correct, one entry per pair, other errors."""
-    colours = [(230, 25, 75), (245, 130, 48), (255, 225, 25), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
-    rows = [ClassInfo(0, "correct", (0, 0, 0), (0,))]
-    for k, pair in enumerate(pairs, start=1):
-        rows.append(ClassInfo(k, pair_name(pair, table), colours[(k - 1) % len(colours)], (k,)))
-    rows.append(ClassInfo(len(pairs) + 1, "other error", (128, 128, 128), (len(pairs) + 1,)))
-    return ClassTable(name="errors", classes=tuple(rows))
+STORED_REGIONS = 200  # per pair in the error labels' attributes; the regions file has all pair_regions lists
 
 
 def evaluate_scene(
     path: str | Path,
-    pred: str = "pred",
-    gt: str = "gt",
+    pred: str = PRED,
+    gt: str = GT,
     pairs: list[str] | None = None,
     convention: str = "all",
     tolerance: int = 2,
@@ -57,17 +49,20 @@ def evaluate_scene(
     report["confusion_matrix"] = cm.tolist()
     report["class_names"] = table.names
     pair_ids = parse_pairs(pairs, table)
-    values = {name: scene.map(name) for name in ("margin",) if name in scene.maps and scene.map(name).shape == g.shape}
-    if "hard" in scene.labels:
-        values["hard"] = scene.label("hard").astype(np.float32)
+    values = {name: scene.map(name) for name in (MARGIN,) if name in scene.maps and scene.map(name).shape == g.shape}
+    if HARD in scene.labels:
+        values[HARD] = scene.label(HARD).astype(np.float32)
     report["pairs"] = pair_regions(g, p, pair_ids, table, values, progress=progress)
     if write_error_map and pair_ids:
-        scene.add_labels(ERROR_LABEL, error_map(g, p, pair_ids), classes=error_table(pair_ids, table), overwrite=True,
+        err = error_name(pred)
+        scene.add_labels(err, error_map(g, p, pair_ids), classes=error_table(pair_ids, table), overwrite=True,
                          progress=progress)
-        group = scene.root[f"labels/{ERROR_LABEL}"]
-        meta = dict(group.attrs["elegantviz"])
-        meta["pairs"] = [{"pair": e["pair"], "pixels": e["pixels"], "regions": e["regions"][:200]} for e in report["pairs"]]
-        group.attrs["elegantviz"] = meta
+        kept = [{"pair": e["pair"], "pixels": e["pixels"], "regions": e["regions"][:STORED_REGIONS]}
+                for e in report["pairs"]]
+        scene.update_part_meta(LABELS, err, pairs=kept)
+        if "://" not in str(path):  # a local store: the regions file goes beside it
+            regions = parse_regions([r for e in report["pairs"] for r in e["regions"]], origin=str(path))
+            report["regions_file"] = str(save_regions(regions_path(path, pred), regions))
     return report
 
 

@@ -1,6 +1,6 @@
 """Scene stores: one OME-NGFF 0.5 zarr v3 group per scene, read lazily with dask.
 
-Layout (see DESIGN.md): image pyramid ``0/ 1/ ...`` (c, y, x); ``labels/<name>/`` NGFF label
+Layout (see ARCHITECTURE.md): image pyramid ``0/ 1/ ...`` (c, y, x); ``labels/<name>/`` NGFF label
 groups (y, x, uint8) with colours and class names; ``maps/<name>/`` float pyramids of the
 model's evidence. The root's ``elegantviz`` attribute holds bands, class table, CRS, transform
 and nodata. Every part carries ``elegantviz.complete``, set last, so a reader never takes a

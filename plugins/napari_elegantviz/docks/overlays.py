@@ -2,7 +2,8 @@
 
 Rows appear for whichever overlay layers are present (``labels/hard``, ``labels/error``,
 ``maps/boundary``, ``maps/margin``, ``maps/attention`` and the Sobel boundaries this widget
-adds). "Add boundary" draws the Sobel boundary of a labels layer lazily (see ``_boundary``):
+adds). "Add boundary" draws the Sobel boundary of a labels layer lazily
+(``elegantviz.analysis.sobel.boundary_levels``):
 nothing is computed until napari asks for the chunks on screen, so it needs no worker.
 Everything here runs on the main thread.
 """
@@ -25,30 +26,34 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._boundary import boundary_levels
-from ._layers import HARD_COLOUR, HARD_NAMES, hard_colormap, hard_table
+from elegantviz.analysis.sobel import boundary_levels
+from elegantviz.io.schema import ATTENTION, BOUNDARY, ERROR, HARD, HARD_NAMES, KEY, LABELS, MAPS, MARGIN, part_path
+
+from ..layers import PROBE_PART
+from ..palette import HARD_COLOUR, hard_colormap, hard_table
+from .base import Dock, refill
 
 if TYPE_CHECKING:
     import napari
 
-OVERLAY_PARTS = ("labels/hard", "labels/error", "maps/boundary", "maps/margin", "maps/attention", "boundary",
-                 "probe/attention")
+BOUNDARY_PART = "boundary"  # the Sobel boundary this dock adds: not a stored part
+OVERLAY_PARTS = (part_path(LABELS, HARD), part_path(LABELS, ERROR), part_path(MAPS, BOUNDARY), part_path(MAPS, MARGIN),
+                 part_path(MAPS, ATTENTION), BOUNDARY_PART, PROBE_PART)
 HARD_COLOURS = ("magenta", "yellow", "cyan", "red", "white", "orange")
 MAP_COLORMAPS = ("inferno", "magma", "viridis", "turbo", "gray", "yellow", "magenta", "cyan", "red")
 BOUNDARY_SUFFIX = " boundary"
 
 
 def overlay_part(layer) -> str | None:
-    part = layer.metadata.get("elegantviz", {}).get("part")
+    part = layer.metadata.get(KEY, {}).get("part")
     return part if part in OVERLAY_PARTS else None
 
 
-class Overlays(QWidget):
+class Overlays(Dock):
     """One row per overlay layer: visible, opacity, colour (hard region) or colormap (maps)."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.rows: dict[str, dict[str, QWidget]] = {}
 
         self.grid_host = QWidget()
@@ -68,9 +73,7 @@ class Overlays(QWidget):
         box.addLayout(add_row)
         box.addStretch(1)
 
-        self.viewer.layers.events.inserted.connect(self._rebuild)
-        self.viewer.layers.events.removed.connect(self._rebuild)
-        self._rebuild()
+        self.follow_layers(self._rebuild)
 
     # -- rows -----------------------------------------------------------------------------------
     def _rebuild(self, event=None) -> None:
@@ -83,12 +86,8 @@ class Overlays(QWidget):
         for row, layer in enumerate(layers):
             self._add_row(row, layer)
         self.empty_note.setVisible(not layers)
-        labels = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and not overlay_part(ly)]
-        current = self.source_box.currentText()
-        self.source_box.clear()
-        self.source_box.addItems(labels)
-        if current in labels:
-            self.source_box.setCurrentText(current)
+        sources = [ly.name for ly in self.viewer.layers if isinstance(ly, Labels) and not overlay_part(ly)]
+        refill(self.source_box, sources)
 
     def _add_row(self, row: int, layer) -> None:
         visible = QCheckBox(layer.name)
@@ -100,9 +99,9 @@ class Overlays(QWidget):
         opacity.valueChanged.connect(lambda v, ly=layer: setattr(ly, "opacity", v / 100))
         style = QComboBox()
         part = overlay_part(layer)
-        if part == "labels/hard":
+        if part == part_path(LABELS, HARD):
             style.addItems(HARD_COLOURS)
-            style.setCurrentText(layer.metadata["elegantviz"].get("colour", HARD_COLOUR))
+            style.setCurrentText(layer.metadata[KEY].get("colour", HARD_COLOUR))
             style.currentTextChanged.connect(lambda c, ly=layer: self.set_hard_colour(ly, c))
         elif isinstance(layer, Image):
             names = list(MAP_COLORMAPS)
@@ -126,11 +125,11 @@ class Overlays(QWidget):
             layer.colorbar.visible = on
 
     def set_hard_colour(self, layer, colour: str) -> None:
-        names = tuple(c["name"] for c in layer.metadata["elegantviz"].get("classes", {}).get("classes", []))
+        names = tuple(c["name"] for c in layer.metadata[KEY].get("classes", {}).get("classes", []))
         names = names if len(names) == 2 else HARD_NAMES
         layer.colormap = hard_colormap(colour, names)
-        layer.metadata["elegantviz"]["colour"] = colour
-        layer.metadata["elegantviz"]["classes"] = hard_table(colour, names).to_dict()  # the legend's swatches
+        layer.metadata[KEY]["colour"] = colour
+        layer.metadata[KEY]["classes"] = hard_table(colour, names).to_dict()  # the legend's swatches
 
     def add_boundary(self, labels_name: str):
         """Add (or show again) the lazy Sobel boundary of a labels layer as an image layer."""
@@ -145,8 +144,8 @@ class Overlays(QWidget):
         import dask.array as da
 
         levels = [lvl if isinstance(lvl, da.Array) else da.from_array(lvl, chunks=512) for lvl in levels]
-        meta = dict(source.metadata.get("elegantviz", {}))
-        meta.update(part="boundary", of=labels_name)
+        meta = dict(source.metadata.get(KEY, {}))
+        meta.update(part=BOUNDARY_PART, of=labels_name)
         meta.pop("classes", None)
         return self.viewer.add_image(
             boundary_levels(levels) if len(levels) > 1 else boundary_levels(levels)[0],
@@ -157,5 +156,5 @@ class Overlays(QWidget):
             contrast_limits=(0, 1),
             scale=source.scale,
             translate=source.translate,
-            metadata={"elegantviz": meta},
+            metadata={KEY: meta},
         )

@@ -3,8 +3,9 @@
 Needs only ``maps/keys`` and ``maps/queries`` (holistic prediction writes them), no model. A
 click is a press and release without dragging, so panning still works; it is taken only
 while the active layer is in pan/zoom mode, so painting labels never probes. The pixel's
-query and the colour range are read in a worker; the heat map layer (``_probe_map``) and the
-marker are touched on the GUI thread only.
+query and the colour range are read in a worker (``layers.probe_layer``, a pyramid from
+``elegantviz.analysis.attention.attention_levels``); the heat map layer and the marker are
+touched on the GUI thread only.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
-from ._probe_map import probe_layer
-from ._viewer_layers import find_layer, put_layer, scenes_in_viewer
+from elegantviz.io.schema import KEY, KEYS, QUERIES
+
+from ..layers import probe_layer
+from ..viewer_layers import find_layer, layer_tag, put_layer
+from .base import SceneDock
 
 if TYPE_CHECKING:
     import napari
 
 CLICK_TOLERANCE_PX = 3  # a press and release closer than this on the canvas is a click, not a pan
 MARKER_NAME = "probed pixel"
+MARKER_PART = "probe/pixel"
 
 
 def _has_attention_inputs(url: str) -> bool:
@@ -32,21 +37,19 @@ def _has_attention_inputs(url: str) -> bool:
         maps = open_scene(url).maps
     except (ElegantvizError, OSError):  # moved or deleted since it was opened
         return False
-    return "keys" in maps and "queries" in maps
+    return KEYS in maps and QUERIES in maps
 
 
-class AttentionProbe(QWidget):
+class AttentionProbe(SceneDock):
     """Choose a scene with stored keys and queries; every click shows that pixel's attention."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.worker = None
         self.requested: tuple[str, int, int] | None = None  # the latest click; older results are dropped
         self.shown: tuple[str, int, int] | None = None
         self._armed = True
 
-        self.scene_box = QComboBox()
         self.armed_box = QCheckBox("probe on click")
         self.armed_box.setChecked(True)
         self.armed_box.toggled.connect(lambda on: setattr(self, "_armed", on))
@@ -65,24 +68,19 @@ class AttentionProbe(QWidget):
         box.addStretch(1)
 
         self.viewer.mouse_drag_callbacks.append(self._on_press)
-        self.viewer.layers.events.inserted.connect(self._sync_scenes)
-        self.viewer.layers.events.removed.connect(self._sync_scenes)
-        self._sync_scenes()
+        self.follow_scenes()
 
-    def _sync_scenes(self, event=None) -> None:
+    def sync_scenes(self, event=None) -> None:
         layer = getattr(event, "value", None)
-        part = str(getattr(layer, "metadata", {}).get("elegantviz", {}).get("part", ""))
-        if part.startswith("probe/"):  # the probe's own layers change no store: skip reopening them all
-            return
-        current = self.scene_box.currentText()
-        scenes = [url for url in scenes_in_viewer(self.viewer) if _has_attention_inputs(url)]
-        if scenes == [self.scene_box.itemText(i) for i in range(self.scene_box.count())]:
-            return
-        self.scene_box.clear()
-        self.scene_box.addItems(scenes)
-        if current in scenes:
-            self.scene_box.setCurrentText(current)
-        if not scenes:
+        if str(layer_tag(layer).get("part", "") if layer is not None else "").startswith("probe/"):
+            return  # the probe's own layers change no store: skip reopening them all
+        super().sync_scenes(event)
+
+    def scene_choices(self) -> list[str]:
+        return [url for url in super().scene_choices() if _has_attention_inputs(url)]
+
+    def scenes_synced(self, scenes: list[str], changed: bool) -> None:
+        if changed and not scenes:
             self.status.setText("No open scene has maps/keys and maps/queries: run a holistic prediction.")
 
     # -- clicks ---------------------------------------------------------------------------------
@@ -101,7 +99,7 @@ class AttentionProbe(QWidget):
 
     def probe_world(self, position) -> None:
         """Probe the scene pixel under a world position (of the scene's image layer)."""
-        url = self.scene_box.currentText()
+        url = self.scene_url
         image = find_layer(self.viewer, url, "image") if url else None
         if image is None:
             return
@@ -112,7 +110,7 @@ class AttentionProbe(QWidget):
 
     def probe_at(self, y: int, x: int) -> None:
         """Show the attention pixel (y, x) (level-0 image pixels) pays to the whole scene."""
-        url = self.scene_box.currentText()
+        url = self.scene_url
         if not url:
             return
         from napari.qt.threading import create_worker
@@ -149,18 +147,18 @@ class AttentionProbe(QWidget):
 
     # -- the marker -----------------------------------------------------------------------------
     def _mark(self, url: str, y: int, x: int) -> None:
-        marker = find_layer(self.viewer, url, "probe/pixel")
+        marker = find_layer(self.viewer, url, MARKER_PART)
         if marker is not None:
             marker.data = np.array([[y, x]], float)
             return
         self.viewer.add_points(
             np.array([[y, x]], float), name=MARKER_NAME, symbol="cross", size=9, face_color="cyan",
             border_width=0, canvas_size_limits=(12, 40), visible=self.marker_box.isChecked(),
-            metadata={"elegantviz": {"scene": url, "part": "probe/pixel"}},
+            metadata={KEY: {"scene": url, "part": MARKER_PART}},
         )  # a new points layer starts in pan/zoom mode, so the next click probes again
 
     def _marker_toggled(self, on: bool) -> None:
-        url = self.scene_box.currentText()
-        marker = find_layer(self.viewer, url, "probe/pixel") if url else None
+        url = self.scene_url
+        marker = find_layer(self.viewer, url, MARKER_PART) if url else None
         if marker is not None:
             marker.visible = on

@@ -17,8 +17,9 @@ import numpy as np
 
 from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import InputError
+from elegantviz.io.schema import KEY
 
-from ._palette import table_from_layer
+from .palette import table_from_layer
 
 BLANK_BAND = "blank"
 FULL_SCAN_PIXELS = 64_000_000
@@ -47,7 +48,7 @@ def _as_uint8(data: Any) -> da.Array:
 
 def layer_table(attributes: dict, arr: da.Array, name: str) -> ClassTable:
     """The class table the layer came with, else one rebuilt from its features and colours."""
-    from_store = attributes.get("metadata", {}).get("elegantviz", {}).get("classes")
+    from_store = attributes.get("metadata", {}).get(KEY, {}).get("classes")
     if from_store:
         return ClassTable.from_dict(from_store)
     step = max(1, int(np.ceil(np.sqrt(arr.size / FULL_SCAN_PIXELS))))  # huge layers: a sample

@@ -1,8 +1,9 @@
 """Error navigator dock: the confusion regions of an evaluation, largest first; select to go there.
 
-Reads the regions file described in ``_regions`` (``NAME.errors.json`` beside ``NAME.zarr`` is
-loaded by itself when a scene is open, else the regions evaluation kept in ``labels/error``;
-an evaluation ``report.json`` loads through the Load button). Selecting a row centres the camera on the region, zooms
+Reads the regions file ``elegantviz evaluate`` writes (``elegantviz.analysis.regions``:
+``NAME.errors.json`` beside ``NAME.zarr`` is loaded by itself when a scene is open, else the
+regions evaluation kept in ``labels/error``; any regions file or an evaluation ``report.json``
+loads through the Load button). Selecting a row centres the camera on the region, zooms
 so it fills most of the canvas and outlines it in a Shapes layer. Main thread only: the file is
 small and the camera and layers are Qt-side objects.
 """
@@ -25,9 +26,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from elegantviz.analysis.regions import Region, load_regions, regions_in_store, regions_path
 from elegantviz.errors import ElegantvizError
+from elegantviz.io.schema import ERROR, KEY, LABELS
 
-from ._regions import Region, default_path, load_regions, regions_in_store
+from ..viewer_layers import scenes_in_viewer
+from .base import Dock
 
 if TYPE_CHECKING:
     import napari
@@ -38,10 +42,9 @@ FILL_FRACTION = 0.6  # the region spans this much of the canvas after zooming
 COLUMNS = ("pair", "area", "bbox (y0, x0, y1, x1)")
 
 
-class ErrorNavigator(QWidget):
+class ErrorNavigator(Dock):
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.regions: list[Region] = []
         self.shown: list[Region] = []
         self.path: Path | None = None
@@ -67,22 +70,21 @@ class ErrorNavigator(QWidget):
         box.addWidget(self.pair_box)
         box.addWidget(self.grid)
 
-        self.viewer.layers.events.inserted.connect(self._look_for_default)
-        self._look_for_default()
+        self.follow_layers(self._look_for_default, removed=False)
 
     # -- loading --------------------------------------------------------------------------------
     def _look_for_default(self, event=None) -> None:
         if self.path is not None:
             return
-        scenes = {ly.metadata.get("elegantviz", {}).get("scene") for ly in self.viewer.layers} - {None}
-        for scene in sorted(scenes):
-            if default_path(scene).is_file():
-                self.load(default_path(scene))
+        scenes = sorted(scenes_in_viewer(self.viewer))
+        for scene in scenes:
+            if regions_path(scene).is_file():
+                self.load(regions_path(scene))
                 return
-        for scene in sorted(scenes):
+        for scene in scenes:
             regions = regions_in_store(scene)
             if regions:
-                self.show_regions(regions, f"{Path(scene).name} labels/error")
+                self.show_regions(regions, f"{Path(scene).name} {LABELS}/{ERROR}")
                 self.path = Path(scene)
                 return
 
@@ -153,6 +155,6 @@ class ErrorNavigator(QWidget):
         else:
             self.viewer.add_shapes(
                 [box], shape_type="rectangle", name=HIGHLIGHT_LAYER, edge_color="red", face_color="transparent",
-                edge_width=edge_width, metadata={"elegantviz": {"part": "error region"}},
+                edge_width=edge_width, metadata={KEY: {"part": HIGHLIGHT_LAYER}},
             )
         self.viewer.layers[HIGHLIGHT_LAYER].edge_width = [edge_width]

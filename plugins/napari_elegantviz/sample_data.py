@@ -3,7 +3,7 @@ when a checkpoint is configured.
 
 Configure the checkpoint with ``$ELEGANTVIZ_CHECKPOINT=/path/to/best.pt`` or by copying it to
 ``<cache root>/checkpoint.pt`` (cache root: ``$ELEGANTVIZ_CACHE``, else
-``$XDG_CACHE_HOME/elegantviz``, else ``~/.cache/elegantviz``; see ``_cache``). The sample then
+``$XDG_CACHE_HOME/elegantviz``, else ``~/.cache/elegantviz``; see ``cache``). The sample then
 also holds pred, hard, error, margin, boundary, attention and the keys and queries the
 attention probe reads. The first open predicts (seconds with a CPU-sized model); later opens
 reuse the cached store, keyed by the checkpoint's path, size and modification time.
@@ -22,7 +22,9 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from ._cache import cache_root, configured_checkpoint
+from elegantviz.io.schema import PRED
+
+from .cache import cache_root, configured_checkpoint
 
 SAMPLE_SIZE = 512
 SAMPLE_SEED = 0
@@ -79,21 +81,21 @@ def checkpoint_key(checkpoint: Path) -> str:
 
 def predicted_store(checkpoint: Path, size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED) -> Path:
     """Path of the riverworld sample predicted with ``checkpoint``, predicting on first use."""
-    from ._prediction import run_prediction
+    from .prediction import run_prediction
 
     plain = riverworld_store(size, seed)
 
     def build(tmp: Path) -> None:
         shutil.copytree(plain, tmp)
-        run_prediction(str(checkpoint), str(tmp))  # in its own process: see _prediction_process
+        run_prediction(str(checkpoint), str(tmp))  # in its own process: see prediction
 
     name = f"riverworld-{size}-seed{seed}-pred-{checkpoint_key(checkpoint)}.zarr"
-    return _build_once(cache_dir() / name, build, needs="pred")
+    return _build_once(cache_dir() / name, build, needs=PRED)
 
 
 def riverworld_sample() -> list[tuple]:
     """npe2 sample-data command: the riverworld scene's layers, with prediction when it can."""
-    from ._reader import read_scene
+    from .reader import read_scene
 
     path = riverworld_store(SAMPLE_SIZE, SAMPLE_SEED)
     checkpoint = configured_checkpoint()

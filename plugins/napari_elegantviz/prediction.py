@@ -1,16 +1,22 @@
 """Prediction as a generator of stages, cancellable between stages (the Predict dock's worker).
 
-The generator starts the prediction process (``_prediction_process``, which runs
-``predict_scene``; see there why it is a process) and yields each stage as it starts. Cancel
-stops it at the next stage boundary: a finished part stays finished, an unstarted one is not
-begun, and the network output cached in the store lets the next run resume without the
-forward pass. The forward pass itself is not interrupted.
+The generator runs ``elegantviz predict --progress-json --stdin-cancel`` in a process of its
+own and yields each stage as it starts. Cancel stops it at the next stage boundary: a finished
+part stays finished, an unstarted one is not begun, and the network output cached in the store
+lets the next run resume without the forward pass. The forward pass itself is not interrupted.
+
+Why a process rather than a thread of napari's: importing torch's compiler stack (timm imports
+torchvision, which imports torch._dynamo and triton) after napari's OpenGL is up crashes the
+whole viewer where Mesa renders with llvmpipe (Xvfb, VMs, remote desktops): both bring their
+own LLVM. Measured here: ``import triton`` segfaults once a napari canvas has drawn. A process
+also keeps the network off the GUI's GIL, and its torch leaves the viewer one core.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from typing import Generator
 
 DONE = "done"
-_RUNNING: set[subprocess.Popen] = set()
+RUNNING: set[subprocess.Popen] = set()
 
 
 class PredictionFailed(Exception):
@@ -38,14 +44,27 @@ class Stage:
 
 def prediction_running() -> bool:
     """Whether a prediction process is still going (a quit worker leaves it to its next stage)."""
-    for proc in list(_RUNNING):
+    for proc in list(RUNNING):
         if proc.poll() is not None:
-            _RUNNING.discard(proc)
-    return bool(_RUNNING)
+            RUNNING.discard(proc)
+    return bool(RUNNING)
+
+
+def predict_args(checkpoint: str, scene_url: str, mode: str) -> list[str]:
+    """The ``elegantviz`` command line of one run."""
+    return ["predict", str(checkpoint), str(scene_url), "--mode", mode, "--progress-json", "--stdin-cancel"]
 
 
 def child_command(checkpoint: str, scene_url: str, mode: str) -> list[str]:
-    return [sys.executable, "-m", "napari_elegantviz._prediction_process", str(checkpoint), str(scene_url), mode]
+    return [sys.executable, "-m", "elegantviz.cli", *predict_args(checkpoint, scene_url, mode)]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the process: torch on all cores but one (a GUI competing with every
+    core stutters on a small machine), unless the user chose a thread count."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
+    return env
 
 
 def _pump(stream, into: queue.Queue) -> None:
@@ -68,12 +87,12 @@ def prediction_stages(
 ) -> Generator[Stage, None, dict]:
     """Yield each stage of predicting the scene as it starts; return predict_scene's summary.
 
-    When ``cancel`` is set the summary is ``{"cancelled": True, "before": stage, "done": k,
-    "total": n}``. A failed prediction raises ``PredictionFailed`` with its message.
+    When ``cancel`` is set the summary is ``{"cancelled": True, "scene": url, "before": stage,
+    "done": k, "total": n}``. A failed prediction raises ``PredictionFailed`` with its message.
     """
     proc = subprocess.Popen(child_command(checkpoint, scene_url, mode), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-    _RUNNING.add(proc)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=child_env())
+    RUNNING.add(proc)
     lines: queue.Queue = queue.Queue()
     errors: collections.deque = collections.deque(maxlen=20)  # the tail of stderr, for a crash report
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
@@ -89,6 +108,8 @@ def prediction_stages(
                 message = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not isinstance(message, dict):
+                continue
             if "stage" in message:
                 yield Stage(message["stage"], message["done"], message["total"], message.get("at", 0.0))
             else:
@@ -101,7 +122,7 @@ def prediction_stages(
     if "cancelled" in outcome:
         return {"cancelled": True, "scene": scene_url, **outcome["cancelled"]}
     if "error" in outcome:
-        raise PredictionFailed(f"{outcome['type']}: {outcome['error']}")
+        raise PredictionFailed(f"{outcome.get('type', 'Error')}: {outcome['error']}")
     tail = "".join(errors).strip().splitlines()[-3:]
     raise PredictionFailed(f"the prediction process exited with code {proc.returncode}: {' / '.join(tail)}")
 

@@ -1,4 +1,6 @@
-"""``elegantviz view SCENE.zarr``: napari with the scene and the plugin's docks."""
+"""``elegantviz view SCENE.zarr`` and notebooks: napari with the scene and the plugin's docks.
+
+napari is imported when a viewer is opened, not with this module."""
 
 from __future__ import annotations
 

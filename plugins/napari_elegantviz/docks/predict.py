@@ -1,6 +1,6 @@
 """Predict dock: run a checkpoint over the open scene in a worker, with progress and cancel.
 
-The prediction runs in a napari generator worker (``_prediction``); the GUI thread only gets
+The prediction runs in a napari generator worker (``prediction``); the GUI thread only gets
 its stages, moves the progress bar and adds each part's layer as soon as the part is written,
 using the reader's own layer functions. Cancel stops at the next stage boundary and keeps what
 is finished; running again resumes from the network output cached in the store.
@@ -24,9 +24,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._cache import configured_checkpoint
-from ._prediction import DONE, Stage, prediction_running, prediction_stages
-from ._viewer_layers import put_layer, scenes_in_viewer
+from ..cache import configured_checkpoint
+from ..prediction import DONE, Stage, prediction_running, prediction_stages
+from ..viewer_layers import put_layer
+from .base import SceneDock
 
 if TYPE_CHECKING:
     import napari
@@ -36,12 +37,11 @@ MODE_TIPS = {"holistic": "the whole scene through the network in one piece, with
              "sliced": "sliding windows with blended logits (the crop-and-stitch baseline): labels only"}
 
 
-class Predict(QWidget):
+class Predict(SceneDock):
     """Checkpoint, mode and scene in; pred, hard, error, margin, boundary, attention layers out."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.worker = None
         self.cancel_event: threading.Event | None = None
         self.progress_bar = None
@@ -51,7 +51,6 @@ class Predict(QWidget):
         self._pending: list[Callable[[], None]] = []
         self._handling = False
 
-        self.scene_box = QComboBox()
         self.checkpoint_edit = QLineEdit(str(configured_checkpoint() or ""))
         self.checkpoint_edit.setPlaceholderText("a .pt written by `elegantviz train`")
         browse = QPushButton("…")
@@ -85,21 +84,13 @@ class Predict(QWidget):
         box.addWidget(self.status)
         box.addStretch(1)
 
-        self.viewer.layers.events.inserted.connect(self._sync_scenes)
-        self.viewer.layers.events.removed.connect(self._sync_scenes)
-        self._sync_scenes()
+        self.follow_scenes()
 
     @property
     def running(self) -> bool:
         return self.worker is not None
 
-    def _sync_scenes(self, event=None) -> None:
-        current = self.scene_box.currentText()
-        scenes = scenes_in_viewer(self.viewer)
-        self.scene_box.clear()
-        self.scene_box.addItems(scenes)
-        if current in scenes:
-            self.scene_box.setCurrentText(current)
+    def scenes_synced(self, scenes: list[str], changed: bool) -> None:
         self.run_button.setEnabled(bool(scenes) and not self.running)
 
     def _browse(self) -> None:
@@ -116,7 +107,7 @@ class Predict(QWidget):
         if prediction_running():
             self.status.setText("The previous prediction is still finishing its current stage; try again shortly.")
             return
-        scene = self.scene_box.currentText()
+        scene = self.scene_url
         checkpoint = self.checkpoint_edit.text().strip()
         if not scene:
             self.status.setText("Open a scene store first.")
@@ -188,7 +179,7 @@ class Predict(QWidget):
         self.added.append(part)
         from elegantviz.io.store import open_scene
 
-        from ._layers import part_layer
+        from ..layers import part_layer
 
         is_prediction = part == self.stage_names.get(1)  # the stage after the forward pass
         layer = part_layer(open_scene(scene_url), part, visible=is_prediction)
@@ -226,4 +217,4 @@ class Predict(QWidget):
             self.progress_bar = None
         self.worker = None
         self.cancel_button.setEnabled(False)
-        self.run_button.setEnabled(bool(self.scene_box.currentText()))
+        self.run_button.setEnabled(bool(self.scene_url))

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from ._layers import NATURAL
+from elegantviz.io.bands import NATURAL
 
 
 def _scene_or_none(path: str):
@@ -45,7 +45,7 @@ def read_scene(path: str | list[str], composite: str = NATURAL) -> list[tuple]:
     """Layer data of a scene store; ``composite='false-colour'`` shows NIR, red, green."""
     from elegantviz.io.store import open_scene
 
-    from ._layers import scene_layers
+    from .layers import scene_layers
 
     if isinstance(path, list):
         path = path[0]

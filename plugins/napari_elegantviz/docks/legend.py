@@ -15,10 +15,12 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
+from elegantviz.analysis.shares import count_blocks, count_window, counting_level, shares, view_window
 from elegantviz.classes import ClassTable
+from elegantviz.io.schema import GT, KEY
 
-from ._palette import label_colormap, table_from_layer
-from ._shares import count_blocks, count_window, counting_level, shares, view_box, view_window
+from ..palette import label_colormap, table_from_layer
+from .base import Dock, refill
 
 if TYPE_CHECKING:
     import napari
@@ -29,10 +31,18 @@ COLUMNS = ("class", "in view", "in scene")
 
 def layer_table(layer) -> ClassTable:
     """The class table of a Labels layer: from the store's metadata, else from its features."""
-    stored = layer.metadata.get("elegantviz", {}).get("classes")
+    stored = layer.metadata.get(KEY, {}).get("classes")
     if stored:
         return ClassTable.from_dict(stored)
     return table_from_layer(layer.features, layer.colormap, name=layer.name)
+
+
+def view_box(center: tuple[float, float], zoom: float, canvas_hw: tuple[int, int]) -> np.ndarray:
+    """World corners [[y0, x0], [y1, x1]] the camera shows (zoom = canvas pixels per world unit):
+    from the camera, not from the last draw, so right even before napari has painted the view."""
+    half = np.asarray(canvas_hw, np.float64) / (2 * zoom)
+    c = np.asarray(center, np.float64)[-2:]
+    return np.stack([c - half, c + half])
 
 
 def _transparent_classes(layer, table: ClassTable) -> set[int]:
@@ -51,12 +61,11 @@ def _swatch(color: tuple[int, int, int]) -> QIcon:
     return QIcon(pix)
 
 
-class ClassLegend(QWidget):
+class ClassLegend(Dock):
     """Legend of the chosen Labels layer; unticking a class makes it transparent."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer", parent: QWidget | None = None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, parent)
         self.layer = None
         self.table: ClassTable | None = None
         self.hidden: set[int] = set()
@@ -88,26 +97,17 @@ class ClassLegend(QWidget):
 
         self.layer_box.currentTextChanged.connect(self._choose)
         self.grid.itemChanged.connect(self._toggled)
-        self.viewer.layers.events.inserted.connect(self._sync_layers)
-        self.viewer.layers.events.removed.connect(self._sync_layers)
         self.viewer.scene.camera.events.center.connect(self._view_changed)
         self.viewer.scene.camera.events.zoom.connect(self._view_changed)
-        self._sync_layers()
+        self.follow_layers(self._sync_layers)
 
     # -- which layer ----------------------------------------------------------------------------
     def _labels_layers(self) -> list:
         return [ly for ly in self.viewer.layers if isinstance(ly, Labels)]
 
     def _sync_layers(self, event=None) -> None:
-        names = [ly.name for ly in self._labels_layers()]
-        current = self.layer_box.currentText()
-        self.layer_box.blockSignals(True)
-        self.layer_box.clear()
-        self.layer_box.addItems(names)
-        self.layer_box.blockSignals(False)
-        keep = current if current in names else ("gt" if "gt" in names else (names[0] if names else ""))
-        if keep:
-            self.layer_box.setCurrentText(keep)
+        refill(self.layer_box, [ly.name for ly in self._labels_layers()], prefer=GT)
+        keep = self.layer_box.currentText()
         if keep != (self.layer.name if self.layer is not None else ""):
             self._choose(keep)
 

@@ -1,9 +1,9 @@
-"""Pixel share of every class, in the scene and in the current view.
+"""Pixel share of every class of a labels pyramid, in the whole scene and in a window of it.
 
 The scene share is counted on the finest pyramid level with at most ``SCENE_COUNT_PIXELS``
 pixels (exact for scenes up to 4096^2, mode-pooled and so very close above), chunk by chunk so
-a worker can report progress and stop when cancelled. The view share counts the window the
-camera shows, on the finest level where that window has at most ``VIEW_COUNT_PIXELS`` pixels.
+a caller can report progress and stop early. A window's share (what a viewer shows) is counted
+on the finest level where that window has at most ``VIEW_COUNT_PIXELS`` pixels.
 """
 
 from __future__ import annotations
@@ -34,19 +34,9 @@ def count_blocks(level: da.Array) -> Iterator[tuple[int, int, np.ndarray]]:
         yield k, len(blocks), counts.copy()
 
 
-def view_box(center: tuple[float, float], zoom: float, canvas_hw: tuple[int, int]) -> np.ndarray:
-    """World corners [[y0, x0], [y1, x1]] the camera shows (zoom = canvas pixels per world unit)."""
-    half = np.asarray(canvas_hw, np.float64) / (2 * zoom)
-    c = np.asarray(center, np.float64)[-2:]
-    return np.stack([c - half, c + half])
-
-
 def view_window(levels: list, box: np.ndarray) -> tuple[int, tuple[slice, slice]]:
-    """The finest level whose visible window has at most ``VIEW_COUNT_PIXELS`` pixels, and that window.
-
-    ``box`` is in level-0 pixel coordinates; computed from the camera, not from the last draw,
-    so it is right even before napari has painted the new view.
-    """
+    """The finest level where the window ``box`` ([[y0, x0], [y1, x1]] in level-0 pixels, may
+    reach outside the scene) has at most ``VIEW_COUNT_PIXELS`` pixels, and the window there."""
     h0, w0 = levels[0].shape[-2:]
     for k, lvl in enumerate(levels):
         h, w = lvl.shape[-2:]

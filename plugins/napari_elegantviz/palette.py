@@ -3,6 +3,7 @@
 napari's Labels layer treats one value as background (transparent); scene stores use 0 for a
 real class (cropland, background, ...) and 255 for ignore, so the colormap's background is the
 ignore value. Hidden classes are simply transparent entries, which is how the legend toggles them.
+napari is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Iterable
 import numpy as np
 
 from elegantviz.classes import IGNORE_INDEX, ClassInfo, ClassTable, auto_color
+from elegantviz.io import schema
 
 IGNORE_NAME = "ignore"
+HARD_COLOUR = "magenta"  # schema.HARD_COLOUR by the name the Overlays colour menu shows
 
 
 def color_dict(table: ClassTable, hidden: Iterable[int] = (), alpha: float = 1.0) -> dict:
@@ -79,3 +82,16 @@ def _rgba_of(colormap, i: int) -> np.ndarray | None:
         return None
     rgba = np.asarray(colormap.map(np.array([i], np.uint8)), np.float64).reshape(-1, 4)[0]
     return rgba if rgba[3] > 0 else None
+
+
+def hard_table(colour: str = HARD_COLOUR, names: tuple[str, str] = schema.HARD_NAMES) -> ClassTable:
+    """``schema.hard_table`` in an overlay colour given as napari takes it (a name or hex)."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    rgb = tuple(int(round(v * 255)) for v in transform_color(colour)[0][:3])
+    return schema.hard_table(rgb, names)  # type: ignore[arg-type]
+
+
+def hard_colormap(colour: str = HARD_COLOUR, names: tuple[str, str] = schema.HARD_NAMES):
+    """The hard region in one colour, the rest (0) transparent."""
+    return label_colormap(hard_table(colour, names), hidden=[0])

@@ -7,9 +7,12 @@ asking the user for a path again. Call these on the main thread only: they touch
 
 from __future__ import annotations
 
+from elegantviz.io.schema import KEY
+
 
 def layer_tag(layer) -> dict:
-    return layer.metadata.get("elegantviz", {}) if isinstance(layer.metadata, dict) else {}
+    """What the reader (or a dock) recorded about a layer's scene and part; {} for other layers."""
+    return layer.metadata.get(KEY, {}) if isinstance(layer.metadata, dict) else {}
 
 
 def scenes_in_viewer(viewer) -> list[str]:
@@ -41,7 +44,7 @@ def put_layer(viewer, layer_data: tuple, keep_look: bool = True):
 
     data, kwargs, layer_type = layer_data
     kwargs = dict(kwargs)
-    tag = kwargs.get("metadata", {}).get("elegantviz", {})
+    tag = kwargs.get("metadata", {}).get(KEY, {})
     old = find_layer(viewer, tag.get("scene"), tag.get("part")) if tag else None
     if old is None:
         new = Layer.create(data, kwargs, layer_type)
