@@ -72,7 +72,7 @@ def _train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config)
     if args.out:
         cfg.out_dir = args.out
-    if args.iters:
+    if args.iters is not None:
         cfg.iters = args.iters
     if args.memory_budget:
         cfg.memory.budget = args.memory_budget
@@ -192,6 +192,21 @@ def _demo(args: argparse.Namespace) -> None:
              train_scenes=args.train_scenes)
 
 
+def at_least(lo: int):
+    """An argparse type: a whole number >= ``lo``, refused with one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {lo}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="elegantviz", description=__doc__)
     p.add_argument("--version", action="version", version=f"elegantviz {__version__}")
@@ -215,15 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: each distinct mask value is a class)")
     c.add_argument("--strict", action="store_true", help="refuse a mask with values outside the class table")
     c.add_argument("--nodata", type=float, help="nodata value of the image, overriding the file's")
-    c.add_argument("--chunk", type=int, default=512, help="chunk size in pixels (default 512)")
+    c.add_argument("--chunk", type=at_least(16), default=512, help="chunk size in pixels (default 512)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     s = add("synth", _synth, "synthesize a riverworld scene (rivers and ponds that only the whole image tells apart)")
     s.add_argument("out", help="OUT.zarr for a scene store, or OUT.tif for a GeoTIFF plus OUT_mask.tif")
-    s.add_argument("--size", type=int, default=1024, help="height in pixels (default 1024)")
-    s.add_argument("--width", type=int, help="width in pixels (default: the height)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--chunk", type=int, default=512, help="chunk size in pixels (default 512)")
+    s.add_argument("--size", type=at_least(64), default=1024, help="height in pixels (default 1024)")
+    s.add_argument("--width", type=at_least(64), help="width in pixels (default: the height)")
+    s.add_argument("--seed", type=at_least(0), default=0)
+    s.add_argument("--chunk", type=at_least(16), default=512, help="chunk size in pixels (default 512)")
     s.add_argument("--overwrite", action="store_true")
 
     i = add("info", _info, "describe a scene store: shape, bands, CRS, levels, labels, maps, class histograms")
@@ -235,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config file, or a shipped config name (riverworld-cpu, fbp, deepglobe, inria)")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt exactly where it stopped")
     t.add_argument("--out", help="run folder (overrides out_dir)")
-    t.add_argument("--iters", type=int, help="number of iterations (overrides iters)")
+    t.add_argument("--iters", type=at_least(1), help="number of iterations (overrides iters)")
     t.add_argument("--memory-budget", metavar="SIZE", help="e.g. 12GB; the planner picks the cheapest policy that fits")
     t.add_argument("--policy", choices=POLICY_CHOICES,
                    help="activation memory policy (overrides memory.policy; auto = planned from the budget)")
@@ -246,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mode", choices=["holistic", "sliced"], default="holistic",
                     help="holistic (whole scene, with evidence) or sliced (sliding windows, a baseline)")
     pr.add_argument("--name", default="pred", help="labels name to write (default pred)")
-    pr.add_argument("--crop", type=int, default=512, help="window size for --mode sliced")
+    pr.add_argument("--crop", type=at_least(16), default=512, help="window size for --mode sliced")
     pr.add_argument("--overlap", type=float, default=1 / 3, help="window overlap for --mode sliced")
     pr.add_argument("--pair", action="append", metavar="TRUE:PRED", help="confusion pairs for labels/error")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -269,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confusion pair to map and list, e.g. river:pond (repeat; default: the class table's)")
     e.add_argument("--convention", choices=["all", "deepglobe", "inria"], default="all",
                    help="mIoU convention: all classes, DeepGlobe (classes 1..6) or Inria (building IoU)")
-    e.add_argument("--tolerance", type=int, default=2, help="boundary F-score tolerance in pixels (default 2)")
+    e.add_argument("--tolerance", type=at_least(0), default=2, help="boundary F-score tolerance in pixels (default 2)")
     e.add_argument("--out", default="evaluation", help="folder for report.json and confusion_matrix.png")
     e.add_argument("--no-error-map", action="store_true", help="do not store labels/error in the scene")
 
@@ -277,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("scene", help="scene store path or URL")
 
     m = add("models", _models, "list the model presets with parameter counts and GFLOPs at 1024^2")
-    m.add_argument("--num-classes", type=int, default=24, help="classes of the head (default 24, as FBP)")
-    m.add_argument("--in-chans", type=int, default=4, help="input bands (default 4)")
-    m.add_argument("--size", type=int, default=1024, help="input side for the GFLOP count (default 1024)")
+    m.add_argument("--num-classes", type=at_least(1), default=24, help="classes of the head (default 24, as FBP)")
+    m.add_argument("--in-chans", type=at_least(1), default=4, help="input bands (default 4)")
+    m.add_argument("--size", type=at_least(32), default=1024, help="input side for the GFLOP count (default 1024)")
 
     x = add("export", _export, "a predict-only checkpoint: float16 weights, config, classes, training log")
     x.add_argument("checkpoint", help="a checkpoint written by train (best.pt)")
@@ -288,12 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = add("demo", _demo, "the main job end to end on a synthetic riverworld scene")
     d.add_argument("--workdir", default="demo", help="where the demo writes (default ./demo)")
-    d.add_argument("--size", type=int, default=512,
+    d.add_argument("--size", type=at_least(64), default=512,
                    help="training scene size in pixels (default 512; the held-out scene is twice as large)")
-    d.add_argument("--iters", type=int, help="training iterations (default: the riverworld-cpu config's)")
+    d.add_argument("--iters", type=at_least(1), help="training iterations (default: the riverworld-cpu config's)")
     d.add_argument("--train", action="store_true",
                    help="train a model from scratch instead of using the shipped one")
-    d.add_argument("--train-scenes", type=int, default=16,
+    d.add_argument("--train-scenes", type=at_least(1), default=16,
                    help="training scenes with --train (default 16, as the shipped model)")
     return p
 

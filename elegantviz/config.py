@@ -6,6 +6,9 @@ Unknown keys are errors (a typo in a YAML file must not silently fall back to a 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -98,10 +101,54 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, data: Any, where: str):
+# value ranges (inclusive; None: unbounded) and choices, by dotted key: checked when a config is read,
+# so a bad value is refused before any work starts, with the file and the key named
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "iters": (1, None), "val_every": (1, None), "ckpt_every": (1, None), "log_every": (1, None), "precise_bn": (0, None),
+    "data.crop_size": (16, None), "data.level": (0, 20), "loss.w_bd": (0, None), "loss.w_aux": (0, None),
+    "loss.sobel_ksize": (1, 31), "optim.lr": (0, None), "optim.momentum": (0, 1), "optim.weight_decay": (0, None),
+    "optim.warmup_iters": (0, None), "optim.warmup_lr": (0, None), "optim.gamma": (0, None), "optim.power": (0, None),
+    "optim.min_lr": (0, None), "optim.head_lr_mult": (0, None), "optim.grad_clip": (0, None),
+    "optim.accumulate": (1, None), "optim.max_bad_steps": (1, None),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.mode": ("holistic", "sliced"), "optim.optimizer": ("sgd", "adamw"),
+    "optim.schedule": ("step", "poly", "cosine"), "optim.warmup": ("constant", "linear"),
+}
+
+
+def _check(value: Any, hint: Any, key: str, where: str) -> Any:
+    """``value`` as the field's type (an int where a float is asked is fine), or a one-line error."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    if optional:
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    kind = typing.get_origin(hint) or hint
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) if kind is float else
+          isinstance(value, kind))
+    if not ok:
+        name = getattr(kind, "__name__", str(kind))
+        raise InputError(f"{where}: {key} must be {'a finite ' if kind is float else ''}{name}, got {value!r}")
+    if key in RANGES:
+        lo, hi = RANGES[key]
+        if (lo is not None and value < lo) or (hi is not None and value > hi) or (key in ("optim.lr",) and value <= 0):
+            span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise InputError(f"{where}: {key} must be {'> 0' if key == 'optim.lr' else span}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise InputError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _build(cls, data: Any, where: str, origin: str | None = None, prefix: str = ""):
+    """``where`` names the mapping (``file.optim``); values are named by ``origin: key``."""
+    origin = origin or where
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -109,7 +156,9 @@ def _build(cls, data: Any, where: str):
     for name, value in data.items():
         factory = known[name].default_factory
         nested = isinstance(factory, type) and dataclasses.is_dataclass(factory)
-        kwargs[name] = _build(factory, value, f"{where}.{name}") if nested else value
+        key = prefix + name
+        kwargs[name] = (_build(factory, value, f"{where}.{name}", origin, key + ".") if nested
+                        else _check(value, hints[name], key, origin))
     return cls(**kwargs)
 
 

@@ -225,3 +225,51 @@ def test_interrupted_tiled_prediction_resumes_to_the_same_store(checkpoint, tmp_
         for part, levels in want.items():
             for a, b in zip(levels, got[part]):
                 np.testing.assert_array_equal(b, a, err_msg=part)
+
+
+def _gt_bytes(url):
+    return np.asarray(open_scene(url).label("gt").compute())
+
+
+@pytest.mark.parametrize("name, message", [("", "invalid labels name ''"), ("gt", "'gt' is reserved .*ground truth"),
+                                           ("hard", "'hard' is reserved"), ("error_x", "'error_x' is reserved"),
+                                           ("../x", "invalid labels name")])
+def test_predict_never_writes_over_the_ground_truth_or_the_store(checkpoint, tmp_path, name, message):
+    """`--name ""` used to delete labels/ (ground truth included) and every maps/* before failing;
+    `--name gt` replaced the ground truth with the prediction."""
+    scene = fresh_scene(tmp_path)
+    predict_scene(checkpoint, scene.url, progress=False)
+    before = open_scene(scene.url)
+    labels, maps, gt = before.labels, before.maps, _gt_bytes(scene.url)
+    with pytest.raises(InputError, match=message):
+        predict_scene(checkpoint, scene.url, name=name, progress=False)
+    after = open_scene(scene.url)
+    assert after.labels == labels and after.maps == maps
+    np.testing.assert_array_equal(_gt_bytes(scene.url), gt)
+
+
+def test_predict_replaces_only_labels_it_wrote(checkpoint, tmp_path):
+    scene = fresh_scene(tmp_path)
+    s = open_scene(scene.url, mode="a")
+    s.add_labels("manual", s.label("gt"), progress=False)  # a user's own annotation
+    with pytest.raises(InputError, match="labels/manual exists and was not written by predict"):
+        predict_scene(checkpoint, scene.url, name="manual", progress=False)
+    np.testing.assert_array_equal(open_scene(scene.url).label("manual").compute(), _gt_bytes(scene.url))
+    predict_scene(checkpoint, scene.url, name="again", mode="sliced", crop=64, progress=False)
+    predict_scene(checkpoint, scene.url, name="again", mode="sliced", crop=64, progress=False)  # its own: replaced
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tile", "0"], "tile must be .* >= 64"), (["--tile", "-64"], "tile must be"), (["--tile", "7"], "tile must be"),
+    (["--mode", "sliced", "--overlap", "1.0"], r"overlap must be in \[0, 1\)"),
+    (["--mode", "sliced", "--overlap", "-1"], "overlap must be"), (["--mode", "sliced", "--crop", "0"], "crop must be"),
+    (["--pair", "lake:sea"], "lake"),
+])
+def test_bad_numbers_are_refused_before_any_work(checkpoint, tmp_path, capsys, args, message):
+    import re
+
+    scene = fresh_scene(tmp_path)
+    assert main(["predict", str(checkpoint), scene.url, "-q", *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert "pred" not in open_scene(scene.url).labels

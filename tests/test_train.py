@@ -243,3 +243,27 @@ def test_precise_bn_is_the_average_of_whole_scene_statistics_and_resume_stays_ex
     resumed.fit()
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"iters": -5}, r"iters must be >= 1, got -5"), ({"iters": "ten"}, "iters must be int, got 'ten'"),
+    ({"optim": {"lr": "abc"}}, "optim.lr must be a finite float"), ({"ckpt_every": 0}, "ckpt_every must be >= 1"),
+    ({"data": {"level": 50}}, r"data.level must be in \[0, 20\]"), ({"optim": {"lr": 0}}, "optim.lr must be > 0"),
+    ({"optim": {"schedule": "linear"}}, "optim.schedule must be one of step, poly, cosine"),
+    ({"data": {"train": "a.zarr"}}, "data.train must be list"), ({"iters": True}, "iters must be int"),
+])
+def test_config_values_are_checked_by_type_and_range(tmp_path, data, message):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match=f"bad.yaml: {message}"):
+        load_config(path)
+
+
+def test_cli_numbers_are_checked_before_any_work(capsys):
+    from elegantviz.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "riverworld-cpu", "--iters", "0"])
+    assert e.value.code == 2 and "--iters: must be at least 1, got 0" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from elegantviz.io import schema as S
 from elegantviz.io.pyramid import upsample_nearest
 from elegantviz.io.store import Scene, open_scene
 
+PREDICTED = "predicted_by"  # labels predict wrote carry the strategy's job; it may replace those
 STREAMED = (S.KEYS, S.QUERIES)  # (d, h, w) at feature resolution: kept on disk, never read whole
 
 
@@ -102,10 +103,15 @@ def predict_scene(
     exception it raises stops the run between stages, where the store is valid and resumable.
     """
     strategy = make_strategy(mode, crop, overlap, tile)
+    S.check_prediction_name(name, str(scene_path))
     dev = pick_device(device)
     trained = load_model(checkpoint, dev)
     model, table, cfg = trained.model, trained.classes, trained.config
     scene = open_scene(scene_path, mode="a")
+    if name in scene.labels and name != S.PRED and not scene.part_meta(S.LABELS, name).get(PREDICTED):
+        raise InputError(f"{scene_path}: labels/{name} exists and was not written by predict; "
+                         "choose another --name (predict never replaces labels it did not make)")
+    pairs_ids = parse_pairs(pairs, table)  # a bad pair is refused before the run, not after it
     if scene.shape[0] != trained.in_chans:
         raise InputError(f"{scene_path}: has {scene.shape[0]} bands, the model was trained on {trained.in_chans} "
                          f"({', '.join(trained.bands)})")
@@ -160,8 +166,11 @@ def predict_scene(
             write()
         written.append(S.part_path(kind, part))
 
-    put(S.LABELS, name, lambda: scene.add_labels(name, da.from_array(pred.labels, chunks=tile), classes=table,
-                                                  progress=progress))
+    def write_labels() -> None:
+        scene.add_labels(name, da.from_array(pred.labels, chunks=tile), classes=table, progress=progress)
+        scene.update_part_meta(S.LABELS, name, **{PREDICTED: job})
+
+    put(S.LABELS, name, write_labels)
     if pred.has_evidence:
         s = pred.stride
         put(S.MAPS, S.MARGIN, lambda: scene.add_map(
@@ -181,7 +190,7 @@ def predict_scene(
                 S.ATTENTION, upsample_nearest(pred.attention, s, shape, tile), progress=progress,
                 attrs={"kind": S.ATTENTION, "of": "hard region", "stride": s, "relative_to_uniform": True}))
     if has_gt:
-        pair_ids = parse_pairs(pairs, table)
+        pair_ids = pairs_ids
         put(S.LABELS, err, lambda: scene.add_labels(
             err, error_map(scene.label(S.GT), scene.label(name), pair_ids), classes=S.error_table(pair_ids, table),
             progress=progress))

@@ -27,7 +27,7 @@ def make_strategy(mode: str = "holistic", crop: int = 512, overlap: float = 1 / 
         from elegantviz.inference.sliced import SlidingWindows
 
         return SlidingWindows(crop, overlap)
-    if tile:
+    if tile is not None:
         from elegantviz.inference.tiles import HaloTiles
 
         return HaloTiles(tile)

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from elegantviz.errors import InputError
 from elegantviz.inference.prediction import Prediction
 from elegantviz.inference.streamed_keys import StreamedKeys
-from elegantviz.inference.tile_grid import TileGrid, core_of, group_depth, group_name, tile_groups
+from elegantviz.inference.tile_grid import ALIGN, TileGrid, core_of, group_depth, group_name, tile_groups
 from elegantviz.inference.tiled_output import TiledOutput, write_core
 from elegantviz.models.ecr import logit_margin, select_hard
 from elegantviz.models.elegantseg import ElegantSeg
@@ -236,6 +237,11 @@ class HaloTiles:
 
     tile: int = 1024
     name: str = "holistic"
+
+    def __post_init__(self):
+        if not isinstance(self.tile, int) or self.tile < 2 * ALIGN:
+            raise InputError(f"tile must be a whole number of pixels >= {2 * ALIGN} (tiles are multiples of "
+                             f"{ALIGN} px), got {self.tile!r}")
 
     def job(self) -> dict:
         return {"mode": "holistic", "tile": self.tile}

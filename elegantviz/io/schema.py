@@ -8,6 +8,7 @@ here, so the library, the napari plugin and the notebooks cannot drift apart.
 from __future__ import annotations
 
 from elegantviz.classes import IGNORE_INDEX, ClassInfo, ClassTable
+from elegantviz.errors import InputError
 
 NGFF_VERSION = "0.5"
 KEY = "elegantviz"  # the attribute that holds elegantviz's own metadata, on the root and on parts
@@ -23,7 +24,8 @@ HARD_NAMES = ("easy", "hard")  # labels/hard: 1 where ECR selected the pixel
 HARD_COLOUR = (255, 0, 255)
 ERROR_COLOURS = ((230, 25, 75), (245, 130, 48), (255, 225, 25), (145, 30, 180), (70, 240, 240), (240, 50, 230))
 
-__all__ = ["IGNORE_INDEX", "part_path", "error_name", "hard_table", "error_table"]
+__all__ = ["IGNORE_INDEX", "part_path", "check_part_name", "check_prediction_name", "error_name", "hard_table",
+           "error_table"]
 
 
 def part_path(kind: str, name: str) -> str:
@@ -31,6 +33,21 @@ def part_path(kind: str, name: str) -> str:
     if kind not in (LABELS, MAPS):
         raise ValueError(f"a part is under {LABELS!r} or {MAPS!r}, not {kind!r}")
     return f"{kind}/{name}"
+
+
+def check_part_name(kind: str, name: str, url: str) -> None:
+    """A part's name is one plain path component: an empty name would address (and remove) the
+    whole ``labels`` or ``maps`` group."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(("_", ".")):
+        raise InputError(f"{url}: invalid {kind} name {name!r} (a plain name such as 'pred', not starting with _ or .)")
+
+
+def check_prediction_name(name: str, url: str) -> None:
+    """Names predict may write: never the ground truth nor the parts it derives itself."""
+    check_part_name(LABELS, name, url)
+    if name == GT or name == HARD or name == ERROR or name.startswith(ERROR + "_"):
+        raise InputError(f"{url}: --name {name!r} is reserved (labels/{name} is {'the ground truth' if name == GT else 'derived by predict'}); "
+                         "choose another name, e.g. 'pred' or 'sliced'")
 
 
 def error_name(pred: str) -> str:

@@ -23,7 +23,7 @@ from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
 from elegantviz.io.bands import NATURAL, choose_bands, stored_windows
 from elegantviz.io.ngff import from_json_number, image_label, json_number, multiscales, omero_channels, write_pyramid
-from elegantviz.io.schema import CACHE_GROUP, KEY, LABELS, MAPS, NGFF_VERSION, PROGRESS_GROUP, part_path
+from elegantviz.io.schema import CACHE_GROUP, KEY, LABELS, MAPS, NGFF_VERSION, PROGRESS_GROUP, check_part_name, part_path
 
 DEFAULT_TILE = 512
 
@@ -210,8 +210,7 @@ class Scene:
 
     # writing ----------------------------------------------------------------------------------
     def _start_part(self, kind: str, name: str, overwrite: bool) -> zarr.Group:
-        if "/" in name or not name or name.startswith("_"):
-            raise InputError(f"{self.url}: invalid {kind} name {name!r}")
+        check_part_name(kind, name, self.url)
         parent = self.root.require_group(kind)
         if name in parent:
             if parent[name].attrs.get(KEY, {}).get("complete"):
@@ -225,6 +224,7 @@ class Scene:
 
     def remove(self, kind: str, name: str) -> None:
         """Delete ``labels/<name>`` or ``maps/<name>``, finished or not, and its ledger."""
+        check_part_name(kind, name, self.url)
         if kind in self.root and name in self.root[kind]:
             del self.root[kind][name]
             if kind == "labels":
