@@ -78,7 +78,9 @@ def test_legend_counts_scene_and_view_shares(make_napari_viewer, qtbot, store, g
     viewer.open(str(store), plugin=PLUGIN)
     _, legend = viewer.window.add_plugin_dock_widget(PLUGIN, "Class legend")
     assert legend.layer.name == "gt"
-    qtbot.waitUntil(lambda: legend.scene_worker is not None and not legend.scene_worker.is_running, timeout=10000)
+    # the worker's last signal reaches the main thread after the worker stops: wait for the counts
+    qtbot.waitUntil(lambda: legend.scene_counts is not None and legend.share_text(legend.table.names[0], "in scene")
+                    != "…", timeout=10000)
     expected = np.bincount(gt.ravel(), minlength=256)[:5] / gt.size
     for cid, name in enumerate(legend.table.names):
         assert legend.share_text(name, "in scene") == f"{100 * expected[cid]:.1f} %"

@@ -262,14 +262,42 @@ def test_predict_replaces_only_labels_it_wrote(checkpoint, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--tile", "0"], "tile must be .* >= 64"), (["--tile", "-64"], "tile must be"), (["--tile", "7"], "tile must be"),
     (["--mode", "sliced", "--overlap", "1.0"], r"overlap must be in \[0, 1\)"),
-    (["--mode", "sliced", "--overlap", "-1"], "overlap must be"), (["--mode", "sliced", "--crop", "0"], "crop must be"),
+    (["--mode", "sliced", "--overlap", "-1"], "overlap must be"), (["--mode", "sliced", "--crop", "0"], "--crop: must be at least 16"),
     (["--pair", "lake:sea"], "lake"),
 ])
 def test_bad_numbers_are_refused_before_any_work(checkpoint, tmp_path, capsys, args, message):
     import re
 
     scene = fresh_scene(tmp_path)
-    assert main(["predict", str(checkpoint), scene.url, "-q", *args]) == 2
+    try:
+        code = main(["predict", str(checkpoint), scene.url, "-q", *args])
+    except SystemExit as e:  # refused by argparse itself
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err, err
     assert "pred" not in open_scene(scene.url).labels
+
+
+def test_keys_and_attention_hold_their_values_past_float16_range(checkpoint, tmp_path):
+    """At 2048 px (stride 8) N = 65,536 > 65,504: keys x N and attention overflowed float16 and the
+    stored keys were all 0 or inf. They are float32 now; the probe's attention comes out finite
+    and equal to the model's."""
+    from elegantviz.analysis.attention import pixel_attention
+
+    scene = synthesize_riverworld(tmp_path / "big.zarr", height=2048, width=2048, seed=3, progress=False)
+    predict_scene(checkpoint, scene.url, progress=False)
+    s = open_scene(scene.url)
+    trained = load_model(checkpoint)
+    h, w = s.map("keys").shape[1:]
+    assert h * w > 65504 and s.map("keys").dtype == np.float32 and s.map("attention").dtype == np.float32
+    keys = np.asarray(s.map("keys").compute())
+    assert np.isfinite(keys).all() and keys.max() > 0
+    img, _ = trained.norm.apply(s.image().compute(), s.nodata)
+    with torch.no_grad():
+        ev = trained.model(torch.from_numpy(img)[None], return_evidence=True).evidence
+    want = (ev.keys[0] * (h * w)).numpy()
+    np.testing.assert_allclose(keys, want.reshape(keys.shape), rtol=1e-5, atol=1e-3)
+    att = pixel_attention(s, h // 2 * 8, w // 2 * 8)
+    # keys sum to 1 over positions and a query to 1 over channels: relative to uniform, the mean is 1
+    assert np.isfinite(att).all() and abs(float(att.mean()) - 1.0) < 1e-3

@@ -13,7 +13,7 @@ inference strategy (:mod:`elegantviz.inference`); this module handles the store.
 The network's outputs are first cached at feature resolution in the store's ``_predict``
 group; every part is then written block by block from that cache, so an interrupted run
 resumes without running the network again, and readers never see half-written parts. The keys
-and queries (2 x 256 float16 per feature pixel, 3.1 GB at 6800x7200) are only ever read from
+and queries (256 float32 + 256 float16 per feature pixel, 4.7 GB at 6800x7200) are only ever read from
 the cache lazily, and tiled prediction streams them there tile by tile.
 """
 
@@ -31,7 +31,7 @@ from elegantviz.analysis.sobel import sobel_map
 from elegantviz.engine.checkpoints import load_model, pick_device
 from elegantviz.errors import InputError
 from elegantviz.inference import make_strategy
-from elegantviz.inference.prediction import Prediction
+from elegantviz.inference.prediction import STORED_DTYPES, Prediction
 from elegantviz.io import schema as S
 from elegantviz.io.pyramid import upsample_nearest
 from elegantviz.io.store import Scene, open_scene
@@ -46,9 +46,9 @@ def map_tile(tile: int, stride: int) -> int:
 
 
 def cache_map_array(group, key: str, shape: tuple[int, int, int], tile: int):
-    """A (d, h, w) float16 map in the cache, chunked like maps/<key> (all channels per chunk) so
-    that add_map reads whole chunks and a tile's write rewrites few; NaN until written."""
-    return group.create_array(key, shape=shape, dtype="float16", chunks=(shape[0], tile, tile), fill_value=np.nan,
+    """A (d, h, w) map in the cache (dtype: STORED_DTYPES), chunked like maps/<key> (all channels per
+    chunk) so that add_map reads whole chunks and a tile's write rewrites few; NaN until written."""
+    return group.create_array(key, shape=shape, dtype=STORED_DTYPES[key], chunks=(shape[0], tile, tile), fill_value=np.nan,
                               overwrite=True)
 
 
@@ -184,10 +184,12 @@ def predict_scene(
         if pred.has_attention:
             for key in STREAMED:
                 put(S.MAPS, key, lambda key=key: scene.add_map(
-                    key, da.from_zarr(getattr(pred, key)), progress=progress, tile=map_tile(tile, s),
+                    key, da.from_zarr(getattr(pred, key)), dtype=STORED_DTYPES[key], progress=progress,
+                    tile=map_tile(tile, s),
                     attrs={"kind": key, "stride": s, "relative_to_uniform": key == S.KEYS}))
             put(S.MAPS, S.ATTENTION, lambda: scene.add_map(
-                S.ATTENTION, upsample_nearest(pred.attention, s, shape, tile), progress=progress,
+                S.ATTENTION, upsample_nearest(pred.attention, s, shape, tile), dtype=STORED_DTYPES[S.ATTENTION],
+                progress=progress,
                 attrs={"kind": S.ATTENTION, "of": "hard region", "stride": s, "relative_to_uniform": True}))
     if has_gt:
         pair_ids = pairs_ids

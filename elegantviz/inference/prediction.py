@@ -7,6 +7,12 @@ from typing import Any
 
 import numpy as np
 
+# How the evidence is stored. Keys are relative to uniform (x N, 1 = the average pixel), so a
+# channel whose softmax peaks on one pixel reaches N: past float16's 65,504 from N = 65,536 (a
+# 2048 px scene at stride 8) on, where float16 kept only inf and zeros. Queries are a softmax over
+# channels (<= 1) and fit float16.
+STORED_DTYPES = {"keys": np.float32, "queries": np.float16, "attention": np.float32}
+
 
 @dataclass
 class Prediction:
@@ -14,7 +20,7 @@ class Prediction:
 
     Evidence is what a holistic pass can show about itself (the auxiliary margin, the hard
     region ECR selected, its keys, queries and attention); a sliced pass has none. ``keys`` and
-    ``queries`` (d x h x w float16) may be zarr arrays on disk: at scene size they are gigabytes.
+    ``queries`` (d x h x w, float32 and float16) may be zarr arrays on disk: at scene size they are gigabytes.
     """
 
     labels: np.ndarray  # (H, W) uint8 class ids

@@ -30,8 +30,8 @@ class TiledOutput:
     """What holistic prediction needs, without a batch dimension.
 
     ``keys`` and ``attention`` are relative to uniform (times N = h * w, so 1 is the average
-    pixel and float16 keeps the precision); ``keys`` and ``queries`` (every pixel's normalised
-    query) are in ``maps_dtype``, or are the sinks they were streamed to (``maps_to``).
+    pixel); ``queries`` (every pixel's normalised query) are in ``maps_dtype`` and ``keys`` in at
+    least float32 (they reach N), or both are the sinks they were streamed to (``maps_to``).
     ``logits`` / ``aux_logits`` (1, c, H, W) only with ``return_logits=True`` (whole-scene
     float32 at input size: the largest tensors of a plain run).
     Without ECR the hard region is empty and the ECR fields are None.

@@ -99,6 +99,11 @@ def _context_pass(run: TileGrid, branches, hard: torch.Tensor, keys: StreamedKey
     return (qsum / max(1, int(hard.sum()))).to(run.dtype)
 
 
+def keys_dtype(maps_dtype: torch.dtype) -> torch.dtype:
+    """Keys x N reach N: never below float32 (see inference.prediction.STORED_DTYPES)."""
+    return torch.promote_types(maps_dtype, torch.float32)
+
+
 def _head_pass(run: TileGrid, branches, hard: torch.Tensor, keys: StreamedKeys | None, mean_q, maps_dtype,
                return_logits: bool, out: dict) -> None:
     """Context module again, keys/queries/attention, ECR update of hard pixels, head, argmax."""
@@ -114,7 +119,7 @@ def _head_pass(run: TileGrid, branches, hard: torch.Tensor, keys: StreamedKeys |
             k = keys.keys(fc) * keys.n
             shape = (-1, core[1] - core[0], core[3] - core[2])
             sl = (slice(None), slice(core[0], core[1]), slice(core[2], core[3]))
-            write_core(out["keys"], sl, k.view(shape).to(maps_dtype))
+            write_core(out["keys"], sl, k.view(shape).to(keys_dtype(maps_dtype)))
             write_core(out["queries"], sl, model.ecr.queries(fc, keys.n).view(shape).to(maps_dtype))
             out["attention"][sl[1:]] = (mean_q @ k).view(shape[1:]).cpu()
             f = _ecr_update(model.ecr, f, hard[reg[0]: reg[1], reg[2]: reg[3]].to(run.dev), ctx, keys.n, run.fmt)
@@ -194,7 +199,8 @@ def _run(run: TileGrid, image: torch.Tensor, maps_dtype: torch.dtype, return_log
         d = model.head[0].in_channels  # the context module's width
         keys = StreamedKeys(d, n, model.ecr.norm, run.dev, run.dtype)
         for key in ("keys", "queries"):
-            out[key] = torch.empty(d, run.h, run.w, dtype=maps_dtype) if maps_to is None else \
+            dtype = keys_dtype(maps_dtype) if key == "keys" else maps_dtype
+            out[key] = torch.empty(d, run.h, run.w, dtype=dtype) if maps_to is None else \
                 maps_to(key, (d, run.h, run.w))
         out["attention"] = torch.empty(run.h, run.w, dtype=run.dtype)
     else:
@@ -218,7 +224,7 @@ def predict_halo_tiles(model: ElegantSeg, image: np.ndarray, device: torch.devic
     what :func:`elegantviz.inference.whole.predict_whole` gives, with a bounded peak.
 
     ``device`` is unused (tiles run where the model is); it keeps the strategies' signature.
-    With ``maps_to`` (see :func:`forward_halo_tiles`) ``keys`` and ``queries`` are the float16 sinks.
+    With ``maps_to`` (see :func:`forward_halo_tiles`) ``keys`` and ``queries`` are the sinks.
     """
     out = forward_halo_tiles(model, torch.from_numpy(image)[None], tile, progress, maps_to=maps_to)
     pred = Prediction(labels=out.pred.to(torch.uint8).numpy(), stride=out.output_stride, margin=out.margin.numpy(),
@@ -226,7 +232,8 @@ def predict_halo_tiles(model: ElegantSeg, image: np.ndarray, device: torch.devic
     if out.keys is not None:
         for key in ("keys", "queries"):
             m = getattr(out, key)
-            setattr(pred, key, m.half().numpy() if isinstance(m, torch.Tensor) else m)
+            dtype = torch.float32 if key == "keys" else torch.float16  # STORED_DTYPES
+            setattr(pred, key, m.to(dtype).numpy() if isinstance(m, torch.Tensor) else m)
         pred.attention = out.attention.numpy()
     return pred
 

@@ -47,10 +47,10 @@ def predict_whole(model, image: np.ndarray, device: torch.device) -> Prediction:
         h, w = ev.feature_size
         n = h * w
         queries = ecr.queries(tap.feats[0].flatten(1), n)
-        # relative to uniform (x N) so float16 keeps the precision and 1.0 means "average pixel"
+        # relative to uniform (x N): 1.0 means "average pixel" (stored as float32: STORED_DTYPES)
         keys = ev.keys[0].flatten(1) * n
-        pred.keys = keys.view(-1, h, w).half().cpu().numpy()
-        pred.queries = queries.view(-1, h, w).half().cpu().numpy()
+        pred.keys = keys.view(-1, h, w).float().cpu().numpy()
+        pred.queries = queries.view(-1, h, w).to(torch.float16).cpu().numpy()
         pred.attention = (ev.attention_map(0) * n).float().cpu().numpy()
     return pred
 
