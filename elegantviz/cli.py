@@ -179,7 +179,7 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from elegantviz.engine.train import export_model
+    from elegantviz.engine.checkpoints import export_model
 
     out = export_model(args.checkpoint, args.out, half=not args.float32)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
