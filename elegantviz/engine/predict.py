@@ -166,11 +166,8 @@ def predict_scene(
             write()
         written.append(S.part_path(kind, part))
 
-    def write_labels() -> None:
-        scene.add_labels(name, da.from_array(pred.labels, chunks=tile), classes=table, progress=progress)
-        scene.update_part_meta(S.LABELS, name, **{PREDICTED: job})
-
-    put(S.LABELS, name, write_labels)
+    put(S.LABELS, name, lambda: scene.add_labels(name, da.from_array(pred.labels, chunks=tile), classes=table,
+                                                  progress=progress, attrs={PREDICTED: job}))
     if pred.has_evidence:
         s = pred.stride
         put(S.MAPS, S.MARGIN, lambda: scene.add_map(

@@ -38,8 +38,7 @@ def _open_group(url: str | Path, mode: str) -> zarr.Group:
 
 
 def _is_local_missing(url: str | Path) -> bool:
-    s = str(url)
-    return "://" not in s and not Path(s).exists()
+    return "://" not in str(url) and not Path(str(url)).exists()
 
 
 def _as_dask(data: Any, ndim: int, what: str) -> da.Array:
@@ -250,8 +249,9 @@ class Scene:
         overwrite: bool = False,
         progress: bool = True,
         tile: int | None = None,
+        attrs: dict | None = None,
     ) -> None:
-        """Write a (y, x) uint8 label image with a mode-pooled pyramid as ``labels/<name>``."""
+        """A (y, x) uint8 label image with a mode pyramid as ``labels/<name>``; ``attrs`` are set with ``complete``."""
         arr = _as_dask(data, 2, f"{self.url} labels/{name}")
         if arr.shape != self.shape[1:]:
             raise InputError(f"{self.url}: labels/{name} has shape {arr.shape}, the image is {self.shape[1:]}")
@@ -262,7 +262,8 @@ class Scene:
         n = write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self.tile, IGNORE_INDEX,
                            None, f"labels/{name}", progress)
         ome = {"version": NGFF_VERSION, "multiscales": multiscales(name, ("y", "x"), n), "image-label": image_label(classes)}
-        group.attrs.update({"ome": ome, KEY: {"complete": True, "classes": classes.to_dict() if classes else None}})
+        meta = {"complete": True, "classes": classes.to_dict() if classes else None, **(attrs or {})}
+        group.attrs.update({"ome": ome, KEY: meta})
         labels = self.root["labels"]
         names = sorted(set(labels.attrs.get("ome", {}).get("labels", [])) | {name})
         labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": names}
