@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# What napari needs to draw headless (Xvfb + Mesa) and the xcb libraries Qt 6 loads.
+# What napari needs to draw headless (Xvfb + Mesa), the xcb libraries Qt 6 loads, and the
+# chromium that the JupyterLab browser test drives through Playwright (no browser download).
 APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libdbus-1-3 libfontconfig1 libxkbcommon-x11-0 \
 	libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-xinput0 libxcb-randr0 \
-	libxcb-render-util0 libxcb-shape0 libxcb-image0
+	libxcb-render-util0 libxcb-shape0 libxcb-image0 \
+	chromium
 
 .PHONY: demo test setup system-deps clean
 

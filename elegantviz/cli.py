@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from elegantviz import __version__
 from elegantviz.errors import ElegantvizError
+from elegantviz.io.schema import MIN_REGION_AREA
 
 # elegantviz.offload.POLICY_NAMES and "auto", spelled out so that --help does not import torch
 POLICY_CHOICES = ("auto", "none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk",
@@ -155,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     for path in args.scenes:
         report = evaluate_scene(path, pred=args.pred, gt=args.gt, pairs=args.pair, convention=args.convention,
-                                tolerance=args.tolerance, write_error_map=not args.no_error_map,
+                                tolerance=args.tolerance, write_error_map=not args.no_error_map, min_area=args.min_area,
                                 progress=not args.quiet)
         out = Path(args.out) / Path(path).stem if len(args.scenes) > 1 else Path(args.out)
         js, png = write_report(report, out)
@@ -179,10 +181,38 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    source = Path(args.source)
+    if (source / "zarr.json").is_file() or "://" in args.source:
+        _export_scene(args)
+        return
     from elegantviz.engine.checkpoints import export_model
 
-    out = export_model(args.checkpoint, args.out, half=not args.float32)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    out = args.out or args.out_file
+    if not out:
+        raise ElegantvizError(f"{source}: give the file to write (elegantviz export CHECKPOINT OUT)")
+    if not source.is_file():
+        raise ElegantvizError(f"{source}: neither a scene store nor a checkpoint file")
+    if Path(out).exists() and not args.overwrite:
+        raise ElegantvizError(f"{out}: exists; pass --overwrite to replace it")
+    dst = export_model(source, out, half=not args.float32)
+    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB)")
+
+
+def _export_scene(args: argparse.Namespace) -> None:
+    from elegantviz.engine.export import export_labels, export_regions
+
+    out = args.out_file or args.out
+    if not out:
+        raise ElegantvizError(f"{args.source}: give the file to write with --out (.tif, .gpkg or .geojson)")
+    if args.regions:
+        if args.classes:
+            raise ElegantvizError("--classes is for --labels; --regions writes every confusion pair")
+        path, note = export_regions(args.source, args.pred, out, args.simplify, args.overwrite, not args.quiet)
+    else:
+        classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
+        path, note = export_labels(args.source, args.labels, out, classes, args.simplify, args.overwrite,
+                                   not args.quiet)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)" + (f"; {note}" if note else ""))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -205,6 +235,17 @@ def at_least(lo: int):
 
     parse.__name__ = f"whole number >= {lo}"
     return parse
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--convention", choices=["all", "deepglobe", "inria"], default="all",
                    help="mIoU convention: all classes, DeepGlobe (classes 1..6) or Inria (building IoU)")
     e.add_argument("--tolerance", type=at_least(0), default=2, help="boundary F-score tolerance in pixels (default 2)")
+    e.add_argument("--min-area", type=at_least(1), default=MIN_REGION_AREA,
+                   help=f"list confusion regions of at least this many pixels; smaller ones are counted "
+                        f"and folded away (default {MIN_REGION_AREA})")
     e.add_argument("--out", default="evaluation", help="folder for report.json and confusion_matrix.png")
     e.add_argument("--no-error-map", action="store_true", help="do not store labels/error in the scene")
 
@@ -296,10 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--in-chans", type=at_least(1), default=4, help="input bands (default 4)")
     m.add_argument("--size", type=at_least(32), default=1024, help="input side for the GFLOP count (default 1024)")
 
-    x = add("export", _export, "a predict-only checkpoint: float16 weights, config, classes, training log")
-    x.add_argument("checkpoint", help="a checkpoint written by train (best.pt)")
-    x.add_argument("out", help="the file to write")
-    x.add_argument("--float32", action="store_true", help="keep float32 weights")
+    x = add("export", _export, "labels or error regions to GIS files (COG, GeoPackage, GeoJSON); "
+            "or a checkpoint to a predict-only one")
+    x.add_argument("source", help="a scene store (labels, regions) or a checkpoint written by train (best.pt)")
+    x.add_argument("out", nargs="?", help="for a checkpoint: the file to write")
+    x.add_argument("--out", dest="out_file", metavar="FILE",
+                   help="the file to write: .tif (Cloud-Optimised GeoTIFF), .gpkg or .geojson (polygons)")
+    x.add_argument("--labels", default="pred", help="labels to export (default pred)")
+    x.add_argument("--regions", action="store_true",
+                   help="export the confusion regions of the last evaluation (of --pred) instead")
+    x.add_argument("--pred", default="pred", help="with --regions: the evaluated labels (default pred)")
+    x.add_argument("--classes", metavar="A,B", help="polygons of these classes only, e.g. river,pond")
+    x.add_argument("--simplify", type=non_negative, default=0.0,
+                   help="simplify polygons to this tolerance in map units (pixels when not georeferenced)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    x.add_argument("--float32", action="store_true", help="for a checkpoint: keep float32 weights")
 
     d = add("demo", _demo, "the main job end to end on a synthetic riverworld scene")
     d.add_argument("--workdir", default="demo", help="where the demo writes (default ./demo)")

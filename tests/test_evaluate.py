@@ -98,3 +98,38 @@ def test_evaluate_cli_writes_report_error_map_and_regions(riverworld_store, tmp_
         (r["pair"], r["area"], tuple(r["bbox"])) for r in pond_as_river["regions"]]
     assert [r.area for r in regions] == sorted((r.area for r in regions), reverse=True)
     assert report["regions_file"] == str(regions_path(scene.url))
+
+
+def test_small_regions_are_folded_away_and_counted(riverworld_store, tmp_path, capsys):
+    """Specks along true edges do not crowd the report, the regions file or the navigator."""
+    from elegantviz.analysis.regions import load_regions, regions_path
+
+    from scipy import ndimage
+
+    scene = riverworld_store
+    gt = scene.label("gt").compute()
+    river, pond = RIVERWORLD.id_of("river"), RIVERWORLD.id_of("pond")
+    pred = gt.copy()
+    top = (gt == river) & (np.arange(gt.shape[0])[:, None] < np.nonzero(gt == river)[0].min() + 12)
+    pred[top] = pond  # one big region (and maybe a small piece of another)
+    ys, xs = np.nonzero((gt == river) & ~ndimage.binary_dilation(top, iterations=20))
+    for y, x in zip(ys[::300], xs[::300]):  # 1-px river->pond specks
+        pred[y, x] = pond
+    scene.add_labels("pred", pred, progress=False)
+    # the independent count: 8-connected regions of river predicted as pond
+    lab, n = ndimage.label((gt == river) & (pred == pond), structure=np.ones((3, 3)))
+    sizes = np.bincount(lab.ravel())[1:]
+    assert (sizes >= 32).sum() == 1 and (sizes < 32).sum() >= 4
+    assert main(["evaluate", scene.url, "--out", str(tmp_path / "ev"), "-q"]) == 0
+    entry = next(e for e in json.loads((tmp_path / "ev" / "report.json").read_text())["pairs"]
+                 if e["pair"] == "river->pond")
+    assert entry["pixels"] == sizes.sum()
+    assert entry["regions_total"] == 1 and entry["regions"][0]["area"] == sizes.max()
+    assert entry["regions_folded"] == (sizes < 32).sum() and entry["folded_pixels"] == sizes[sizes < 32].sum()
+    assert f"+{entry['regions_folded']} under 32 px folded away" in capsys.readouterr().out
+    assert [r.area for r in load_regions(regions_path(scene.url)) if r.pair == "river->pond"] == [sizes.max()]
+    # --min-area 1 lists every speck
+    assert main(["evaluate", scene.url, "--out", str(tmp_path / "ev1"), "--min-area", "1", "-q"]) == 0
+    entry = next(e for e in json.loads((tmp_path / "ev1" / "report.json").read_text())["pairs"]
+                 if e["pair"] == "river->pond")
+    assert entry["regions_folded"] == 0 and entry["regions_total"] == n

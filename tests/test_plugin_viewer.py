@@ -138,6 +138,9 @@ def test_error_navigator_loads_regions_and_zooms_there(make_napari_viewer, store
     assert viewer.scene.camera.zoom == pytest.approx(0.6 * min(h / 60, w / 120))
     box = viewer.layers["error region"].data[0]
     assert box.min(0) == pytest.approx([199.5, 299.5]) and box.max(0) == pytest.approx([259.5, 419.5])
+    nav.min_area.setValue(500)  # smaller regions fold away, and the dock says how many
+    assert [r.area for r in nav.shown] == [3000] and "2 under 500 px folded away" in nav.folded_label.text()
+    nav.min_area.setValue(1)
     nav.pair_box.setCurrentText("pond->river")
     assert nav.grid.rowCount() == 1
     nav.select_row(0)

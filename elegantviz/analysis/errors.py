@@ -13,9 +13,10 @@ from dataclasses import replace
 import dask.array as da
 import numpy as np
 
-from elegantviz.analysis.regions import find_regions
+from elegantviz.analysis.regions import find_regions, fold_small
 from elegantviz.classes import ClassTable
 from elegantviz.errors import InputError
+from elegantviz.io.schema import MIN_REGION_AREA
 
 IGNORE = 255
 
@@ -54,19 +55,24 @@ def error_map(gt: da.Array, pred: da.Array, pairs: list[tuple[int, int]]) -> da.
 
 def pair_regions(gt: da.Array, pred: da.Array, pairs: list[tuple[int, int]], table: ClassTable,
                  values: dict[str, da.Array] | None = None, max_regions: int = 1000,
-                 progress: bool = True) -> list[dict]:
-    """For each pair: its pixel count and its regions, largest first (at most ``max_regions``)."""
+                 min_area: int = MIN_REGION_AREA, progress: bool = True) -> list[dict]:
+    """For each pair: its pixel count and its regions of at least ``min_area`` pixels, largest
+    first (at most ``max_regions``), and how many smaller ones were folded away."""
     codes = error_map(gt, pred, pairs)
     out = []
     for k, pair in enumerate(pairs, start=1):
         name = pair_name(pair, table)
         regions = find_regions(codes == k, values, progress=progress, desc=f"regions {name}")
+        kept, folded = fold_small(regions, min_area)
         out.append({
             "pair": name,
             "true": table.names[pair[0]],
             "predicted": table.names[pair[1]],
             "pixels": int(sum(r.area for r in regions)),
-            "regions": [replace(r, pair=name).to_dict() for r in regions[:max_regions]],
-            "regions_total": len(regions),
+            "regions": [replace(r, pair=name).to_dict() for r in kept[:max_regions]],
+            "regions_total": len(kept),
+            "min_area": int(min_area),
+            "regions_folded": folded,
+            "folded_pixels": int(sum(r.area for r in regions[len(kept):])),
         })
     return out

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from elegantviz.errors import ElegantvizError, InputError
 from elegantviz.io.blocks import map_blocks_collect
-from elegantviz.io.schema import ERROR, LABELS, PRED
+from elegantviz.io.schema import ERROR, LABELS, MIN_REGION_AREA, PRED
 
 EIGHT = np.ones((3, 3), bool)
 PAIR_ARROW = "->"
@@ -185,6 +185,12 @@ def find_regions(mask: da.Array, values: dict[str, da.Array] | None = None, prog
     ]
     regions.sort(key=lambda r: (-r.area, r.bbox))
     return regions
+
+
+def fold_small(regions: list[Region], min_area: int = MIN_REGION_AREA) -> tuple[list[Region], int]:
+    """(regions of at least ``min_area`` pixels, how many smaller ones were folded away)."""
+    kept = [r for r in regions if r.area >= min_area]
+    return kept, len(regions) - len(kept)
 
 
 # --- the regions file -------------------------------------------------------------------------

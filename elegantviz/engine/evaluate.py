@@ -18,7 +18,7 @@ from elegantviz.analysis.errors import error_map, pair_regions, parse_pairs
 from elegantviz.analysis.metrics import confusion_matrix, summarize
 from elegantviz.analysis.regions import parse_regions, regions_path, save_regions
 from elegantviz.errors import InputError
-from elegantviz.io.schema import GT, HARD, LABELS, MARGIN, PRED, error_name, error_table
+from elegantviz.io.schema import GT, HARD, LABELS, MARGIN, MIN_REGION_AREA, PRED, error_name, error_table
 from elegantviz.io.store import open_scene
 
 STORED_REGIONS = 200  # per pair in the error labels' attributes; the regions file has all pair_regions lists
@@ -32,6 +32,7 @@ def evaluate_scene(
     convention: str = "all",
     tolerance: int = 2,
     write_error_map: bool = True,
+    min_area: int = MIN_REGION_AREA,
     progress: bool = True,
 ) -> dict:
     """Metrics of one scene store; see the module docstring for what is written."""
@@ -52,7 +53,7 @@ def evaluate_scene(
     values = {name: scene.map(name) for name in (MARGIN,) if name in scene.maps and scene.map(name).shape == g.shape}
     if HARD in scene.labels:
         values[HARD] = scene.label(HARD).astype(np.float32)
-    report["pairs"] = pair_regions(g, p, pair_ids, table, values, progress=progress)
+    report["pairs"] = pair_regions(g, p, pair_ids, table, values, min_area=min_area, progress=progress)
     if write_error_map and pair_ids:
         err = error_name(pred)
         scene.add_labels(err, error_map(g, p, pair_ids), classes=error_table(pair_ids, table), overwrite=True,
@@ -92,5 +93,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  {name:<22} IoU {iou}   gt {v['gt_pixels']:>12,d} px")
     for e in report["pairs"]:
         top = ", ".join(f"{r['area']} px at y{r['bbox'][0]} x{r['bbox'][1]}" for r in e["regions"][:3])
-        lines.append(f"  {e['pair']:<22} {e['pixels']:>10,d} px in {e['regions_total']} regions" + (f"; largest: {top}" if top else ""))
+        folded = f" (+{e['regions_folded']} under {e['min_area']} px folded away)" if e.get("regions_folded") else ""
+        lines.append(f"  {e['pair']:<22} {e['pixels']:>10,d} px in {e['regions_total']} regions{folded}"
+                     + (f"; largest: {top}" if top else ""))
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import zarr
 from elegantviz.classes import IGNORE_INDEX
 from elegantviz.io.blocks import write_blockwise
 from elegantviz.io.pyramid import downsample, level_shapes
-from elegantviz.io.schema import KEY
+from elegantviz.io.schema import IGNORE_NAME, KEY, NGFF_VERSION
 
 
 def json_number(v: float | None) -> float | str | None:
@@ -30,16 +30,19 @@ def from_json_number(v: Any) -> float | None:
     return float("nan") if v == "NaN" else float(v)
 
 
-def multiscales(name: str, axes: Sequence[str], n_levels: int) -> list[dict]:
-    """NGFF multiscales in pixel units of level 0; each level's pixels are centred."""
+def multiscales(name: str, axes: Sequence[str], n_levels: int, stride: int = 1) -> list[dict]:
+    """NGFF multiscales in pixel units of the scene's level 0; each level's pixels are centred.
+
+    ``stride`` is a map's own resolution against the image's (the keys are at 1/8), so generic
+    NGFF viewers put a coarse map where it belongs."""
     axis_type = {"c": "channel", "y": "space", "x": "space"}
     datasets = []
     for k in range(n_levels):
-        f = 2**k
+        f = stride * 2**k
         scale = [1.0 if a == "c" else float(f) for a in axes]
         shift = [0.0 if a == "c" else (f - 1) / 2 for a in axes]
         transforms: list[dict] = [{"type": "scale", "scale": scale}]
-        if k:
+        if f > 1:
             transforms.append({"type": "translation", "translation": shift})
         datasets.append({"path": str(k), "coordinateTransformations": transforms})
     return [
@@ -53,15 +56,33 @@ def multiscales(name: str, axes: Sequence[str], n_levels: int) -> list[dict]:
 
 
 def image_label(classes) -> dict:
-    """NGFF ``image-label`` metadata: a colour and a class name per value; ignore is transparent."""
+    """NGFF ``image-label`` metadata: a colour and a class name per value; ignore is transparent.
+
+    ``colors`` and ``properties`` describe the same label values (ome-zarr-models refuses them
+    otherwise), so the ignore value has a property too: its name, ``ignore``.
+    """
+    source = {"image": "../../"}  # labels/<name> -> the scene's root image
     if classes is None:
-        return {"source": {"image": "../../"}}
-    return {
-        "colors": [{"label-value": c.id, "rgba": [*c.color, 255]} for c in classes.classes]
-        + [{"label-value": IGNORE_INDEX, "rgba": [0, 0, 0, 0]}],
-        "properties": [{"label-value": c.id, "class": c.name} for c in classes.classes],
-        "source": {"image": "../../"},
-    }
+        return {"source": source}
+    colors = [{"label-value": c.id, "rgba": [*c.color, 255]} for c in classes.classes]
+    properties = [{"label-value": c.id, "class": c.name} for c in classes.classes]
+    ignore = int(classes.ignore_index)
+    if ignore not in {c.id for c in classes.classes}:
+        colors.append({"label-value": ignore, "rgba": [0, 0, 0, 0]})
+        properties.append({"label-value": ignore, "class": IGNORE_NAME})
+    return {"colors": colors, "properties": properties, "source": source}
+
+
+def list_label(labels: zarr.Group, name: str, listed: bool) -> None:
+    """Add ``name`` to (or take it off) the NGFF ``labels`` list of the ``labels`` group.
+
+    The list names finished label images only: a writer takes a name off before it (re)writes
+    that label and puts it back when the label is complete, so an NGFF reader (and validator)
+    never follows the list into a half-written or deleted group; the group always has its list.
+    """
+    names = set(labels.attrs.get("ome", {}).get("labels", []))
+    names = names | {name} if listed else names - {name}
+    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": sorted(names)}
 
 
 def write_pyramid(

@@ -22,7 +22,8 @@ from elegantviz import __version__
 from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
 from elegantviz.io.bands import NATURAL, choose_bands, stored_windows
-from elegantviz.io.ngff import from_json_number, image_label, json_number, multiscales, omero_channels, write_pyramid
+from elegantviz.io.ngff import (from_json_number, image_label, json_number, list_label, multiscales, omero_channels,
+                                write_pyramid)
 from elegantviz.io.schema import CACHE_GROUP, KEY, LABELS, MAPS, NGFF_VERSION, PROGRESS_GROUP, check_part_name, part_path
 
 DEFAULT_TILE = 512
@@ -211,25 +212,25 @@ class Scene:
     def _start_part(self, kind: str, name: str, overwrite: bool) -> zarr.Group:
         check_part_name(kind, name, self.url)
         parent = self.root.require_group(kind)
-        if name in parent:
-            if parent[name].attrs.get(KEY, {}).get("complete"):
-                if not overwrite:
-                    raise InputError(f"{self.url}: {kind}/{name} exists (pass overwrite=True to replace it)")
-                del parent[name]
-                self._drop_progress(f"{kind}/{name}")
-            else:
-                return parent[name]  # resume an interrupted write
+        done = name in parent and bool(parent[name].attrs.get(KEY, {}).get("complete"))
+        if done and not overwrite:
+            raise InputError(f"{self.url}: {kind}/{name} exists (pass overwrite=True to replace it)")
+        if kind == LABELS:
+            list_label(parent, name, listed=False)  # unlisted until finished (NGFF readers follow the list)
+        if done:
+            del parent[name]
+            self._drop_progress(f"{kind}/{name}")
+        elif name in parent:
+            return parent[name]  # resume an interrupted write
         return parent.create_group(name)
 
     def remove(self, kind: str, name: str) -> None:
         """Delete ``labels/<name>`` or ``maps/<name>``, finished or not, and its ledger."""
         check_part_name(kind, name, self.url)
         if kind in self.root and name in self.root[kind]:
+            if kind == LABELS:
+                list_label(self.root[LABELS], name, listed=False)
             del self.root[kind][name]
-            if kind == "labels":
-                group = self.root["labels"]
-                names = [n for n in group.attrs.get("ome", {}).get("labels", []) if n != name]
-                group.attrs["ome"] = {"version": NGFF_VERSION, "labels": names}
         self._drop_progress(f"{kind}/{name}")
 
     def _drop_progress(self, prefix: str) -> None:
@@ -264,9 +265,7 @@ class Scene:
         ome = {"version": NGFF_VERSION, "multiscales": multiscales(name, ("y", "x"), n), "image-label": image_label(classes)}
         meta = {"complete": True, "classes": classes.to_dict() if classes else None, **(attrs or {})}
         group.attrs.update({"ome": ome, KEY: meta})
-        labels = self.root["labels"]
-        names = sorted(set(labels.attrs.get("ome", {}).get("labels", [])) | {name})
-        labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": names}
+        list_label(self.root[LABELS], name, listed=True)
 
     def add_map(
         self,
@@ -291,7 +290,8 @@ class Scene:
         n = write_pyramid(self.root, f"maps/{name}", arr, "mean", tile or self.tile, np.nan, None,
                            f"maps/{name}", progress)
         axes = ("c", "y", "x")[-arr.ndim :]
-        group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": multiscales(name, axes, n)},
+        stride = int((attrs or {}).get("stride", 1)) if arr.shape[-2:] != self.shape[1:] else 1  # margin: upsampled
+        group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": multiscales(name, axes, n, stride)},
                             KEY: {"complete": True, **(attrs or {})}})
 
     def finalize(self) -> None:

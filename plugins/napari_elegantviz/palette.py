@@ -15,7 +15,7 @@ import numpy as np
 from elegantviz.classes import IGNORE_INDEX, ClassInfo, ClassTable, auto_color
 from elegantviz.io import schema
 
-IGNORE_NAME = "ignore"
+IGNORE_NAME = schema.IGNORE_NAME
 HARD_COLOUR = "magenta"  # schema.HARD_COLOUR by the name the Overlays colour menu shows
 
 

@@ -20,15 +20,16 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from elegantviz.analysis.regions import Region, load_regions, regions_in_store, regions_path
+from elegantviz.analysis.regions import Region, fold_small, load_regions, regions_in_store, regions_path
 from elegantviz.errors import ElegantvizError
-from elegantviz.io.schema import ERROR, KEY, LABELS
+from elegantviz.io.schema import ERROR, KEY, LABELS, MIN_REGION_AREA
 
 from ..viewer_layers import scenes_in_viewer
 from .base import Dock
@@ -55,6 +56,13 @@ class ErrorNavigator(Dock):
         self.load_button.clicked.connect(self._ask_path)
         self.pair_box = QComboBox()
         self.pair_box.currentTextChanged.connect(lambda _: self._fill())
+        self.min_area = QSpinBox()
+        self.min_area.setRange(1, 10**9)
+        self.min_area.setValue(MIN_REGION_AREA)
+        self.min_area.setSuffix(" px")
+        self.min_area.setToolTip("regions smaller than this are folded away")
+        self.min_area.valueChanged.connect(lambda _: self._fill())
+        self.folded_label = QLabel("")
         self.grid = QTableWidget(0, len(COLUMNS))
         self.grid.setHorizontalHeaderLabels(COLUMNS)
         self.grid.verticalHeader().setVisible(False)
@@ -67,7 +75,12 @@ class ErrorNavigator(Dock):
         top.addWidget(self.load_button)
         box = QVBoxLayout(self)
         box.addLayout(top)
-        box.addWidget(self.pair_box)
+        filters = QHBoxLayout()
+        filters.addWidget(self.pair_box, 1)
+        filters.addWidget(QLabel("min area"))
+        filters.addWidget(self.min_area)
+        box.addLayout(filters)
+        box.addWidget(self.folded_label)
         box.addWidget(self.grid)
 
         self.follow_layers(self._look_for_default, removed=False)
@@ -114,7 +127,10 @@ class ErrorNavigator(Dock):
 
     def _fill(self) -> None:
         pair = self.pair_box.currentText()
-        self.shown = [r for r in self.regions if pair in ("", ALL_PAIRS) or r.pair == pair]
+        of_pair = [r for r in self.regions if pair in ("", ALL_PAIRS) or r.pair == pair]
+        self.shown, folded = fold_small(of_pair, self.min_area.value())
+        self.folded_label.setText(f"{len(self.shown)} regions shown; {folded} under {self.min_area.value()} px "
+                                  "folded away" if folded else f"{len(self.shown)} regions shown")
         self.grid.blockSignals(True)
         self.grid.clearSelection()
         self.grid.setRowCount(len(self.shown))
