@@ -161,3 +161,22 @@ def test_existing_output_needs_overwrite(georeferenced, tmp_path, capsys):
     assert main(["export", str(georeferenced), "--out", str(out), "--overwrite", "-q"]) == 0
     with rasterio.open(out) as d:
         assert d.count == 1
+
+
+def test_a_checkpoint_still_exports_to_a_predict_only_one(tmp_path, capsys):
+    from pathlib import Path
+
+    import elegantviz
+    from elegantviz.engine.checkpoints import load_model
+
+    shipped = Path(elegantviz.__file__).parent / "weights" / "riverworld-cpu.pt"
+    out = tmp_path / "model.pt"
+    assert main(["export", str(shipped), str(out), "--float32"]) == 0
+    assert "MB" in capsys.readouterr().out
+    trained = load_model(out)
+    assert trained.classes.names[3] == "river"
+    assert next(trained.model.parameters()).dtype.is_floating_point
+    assert main(["export", str(shipped), str(out)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing.pt"), str(tmp_path / "x.pt")]) == 2
+    assert "neither a scene store nor a checkpoint" in capsys.readouterr().err
