@@ -58,7 +58,7 @@ def run_demo(workdir: Path, size: int = 512, seed: int = 0, iters: int | None = 
             cfg.iters = iters
         print(f"[2/{steps}] training {cfg.model.name} holistically on {len(paths)} whole scenes for {cfg.iters} "
               "iterations")
-        best = train_model(cfg, progress=progress)
+        best = train_model(cfg, progress=progress, overwrite=True)  # the demo remakes its own folder
         step = 3
     else:
         best = shipped_checkpoint()

@@ -133,3 +133,19 @@ def test_small_regions_are_folded_away_and_counted(riverworld_store, tmp_path, c
     entry = next(e for e in json.loads((tmp_path / "ev1" / "report.json").read_text())["pairs"]
                  if e["pair"] == "river->pond")
     assert entry["regions_folded"] == 0 and entry["regions_total"] == n
+
+
+def test_a_convention_must_fit_the_classes(riverworld_store, tmp_path, capsys):
+    """Inria's score on a riverworld scene was forest's IoU, reported as the building IoU."""
+    scene = riverworld_store
+    scene.add_labels("pred", scene.label("gt"), progress=False)
+    for convention in ("inria", "deepglobe"):
+        assert main(["evaluate", scene.url, "--convention", convention, "--out", str(tmp_path / convention),
+                     "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"--convention {convention} scores {convention} classes" in err and "cropland" in err
+        assert not (tmp_path / convention).exists()
+    from elegantviz.analysis.metrics import mean_iou
+
+    iou = np.array([0.1, 0.9])
+    assert mean_iou(iou, "inria", ["background", "building"]) == 0.9

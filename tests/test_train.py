@@ -267,3 +267,71 @@ def test_cli_numbers_are_checked_before_any_work(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "riverworld-cpu", "--iters", "0"])
     assert e.value.code == 2 and "--iters: must be at least 1, got 0" in capsys.readouterr().err
+
+
+# --- a run's folder and its inputs (issue 17) -----------------------------------------------------
+def test_a_finished_run_is_never_overwritten_by_accident(scenes, tmp_path):
+    from elegantviz.engine.train import train
+
+    out = tmp_path / "run"
+    train(small_config(scenes, out, iters=2), progress=False)
+    best = (out / "best.pt").read_bytes()
+    with pytest.raises(InputError, match="holds a training run .*--resume.*--overwrite"):
+        train(small_config(scenes, out, iters=2, seed=5), progress=False)
+    assert (out / "best.pt").read_bytes() == best
+    with pytest.raises(InputError, match="contradict"):
+        train(small_config(scenes, out, iters=2), resume=True, overwrite=True, progress=False)
+    old_log = (out / "log.jsonl").read_text().splitlines()
+    train(small_config(scenes, out, iters=2, seed=5), progress=False, overwrite=True)
+    new_log = (out / "log.jsonl").read_text().splitlines()
+    assert len(new_log) == len(old_log) and new_log != old_log  # the new run's log alone, not appended
+    assert (out / "best.pt").read_bytes() != best
+
+
+def test_resume_takes_only_its_own_run(scenes, tmp_path):
+    first = Trainer(small_config(scenes, tmp_path / "a", iters=2), progress=False)
+    first.fit()
+    other = Trainer(small_config(scenes, tmp_path / "b", iters=4, seed=9,
+                                 optim={"lr": 0.5, "warmup_iters": 2, "warmup_lr": 0.001, "milestones": [0.5]}),
+                    progress=False)
+    with pytest.raises(InputError, match=r"written by another run \(config.optim, config.seed differ\)"):
+        other.resume(tmp_path / "a" / "last.pt")
+    same = Trainer(small_config(scenes, tmp_path / "a", iters=4), progress=False)  # longer: allowed
+    same.resume()
+    assert same.iteration == 2
+    truncated = tmp_path / "a" / "cut.pt"
+    truncated.write_bytes((tmp_path / "a" / "last.pt").read_bytes()[:5000])
+    with pytest.raises(InputError, match="cut.pt: cannot read the checkpoint"):
+        same.resume(truncated)
+    from elegantviz.engine.checkpoints import export_model
+
+    exported = export_model(tmp_path / "a" / "best.pt", tmp_path / "exported.pt")
+    with pytest.raises(InputError, match="cannot be resumed from"):
+        same.resume(exported)
+
+
+def test_scenes_are_checked_before_the_first_step(scenes, tmp_path):
+    from elegantviz.io.store import create_scene, open_scene
+
+    src = open_scene(scenes[2])
+    three = create_scene(tmp_path / "three.zarr", src.image()[:3], bands=src.bands[:3], classes=src.classes,
+                         tile=64, progress=False, finalize=False)
+    three.add_labels("gt", src.label("gt"), progress=False)
+    three.finalize()
+    with pytest.raises(InputError, match="three.zarr: validation scene has 3 bands, the training scenes .* have 4"):
+        Trainer(small_config(scenes, tmp_path / "r1", data={"train": scenes[:2], "val": [three.url]}), progress=False)
+
+    blank = create_scene(tmp_path / "blank.zarr", src.image(), bands=src.bands, classes=src.classes, tile=64,
+                         progress=False, finalize=False)
+    blank.add_labels("gt", np.full(src.shape[1:], 255, np.uint8), progress=False)
+    blank.finalize()
+    with pytest.raises(InputError, match="blank.zarr: labels/gt has no labelled pixel"):
+        Trainer(small_config(scenes, tmp_path / "r2", data={"train": [scenes[0], blank.url]}), progress=False)
+    one = np.full(src.shape[1:], 255, np.uint8)
+    one[50, 40] = 1  # a single labelled pixel, lost by the mode pyramid: still a scene to learn from
+    blank.add_labels("gt", one, progress=False, overwrite=True)
+    Trainer(small_config(scenes, tmp_path / "r3", data={"train": [scenes[0], blank.url]}), progress=False)
+
+    with pytest.raises(InputError, match=r"data.level 5 does not exist \(levels 0..0\)|data.level 5 does not exist"):
+        Trainer(small_config(scenes, tmp_path / "r4", data={"train": scenes[:2], "level": 5}), progress=False)
+    assert not any((tmp_path / name).exists() for name in ("r1", "r2", "r4"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
+from elegantviz.errors import InputError
 from elegantviz.io.blocks import map_blocks_collect
 
 CONVENTIONS = ("all", "deepglobe", "inria")
@@ -53,15 +54,30 @@ def per_class_f1(cm: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, 2 * tp / denom, np.nan)
 
 
+def check_convention(convention: str, class_names: list[str] | None) -> None:
+    """A named convention scores its own dataset's classes: Inria's building IoU needs a
+    'building' class, DeepGlobe's mean over classes 1..6 needs DeepGlobe's table. (Inria on a
+    riverworld scene used to report forest IoU as the score.)"""
+    from elegantviz.classes import get_class_table
+
+    names = list(class_names or [])
+    ok = "building" in names if convention == "inria" else names == get_class_table("deepglobe").names
+    if not ok:
+        raise InputError(f"--convention {convention} scores {convention} classes; these labels have "
+                         f"{', '.join(names[:8]) or 'no class names'}{' ...' if len(names) > 8 else ''} "
+                         "(use --convention all)")
+
+
 def mean_iou(iou: np.ndarray, convention: str = "all", class_names: list[str] | None = None) -> float:
     """The headline mIoU under a named convention."""
     if convention == "all":
         return float(np.nanmean(iou))
+    if convention in ("deepglobe", "inria") and class_names is not None:
+        check_convention(convention, class_names)
     if convention == "deepglobe":
         return float(np.nanmean(iou[1:7]))
     if convention == "inria":
-        idx = class_names.index("building") if class_names and "building" in class_names else 1
-        return float(iou[idx])
+        return float(iou[class_names.index("building") if class_names else 1])
     raise ValueError(f"unknown convention {convention!r}; choose from {CONVENTIONS}")
 
 

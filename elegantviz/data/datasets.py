@@ -91,6 +91,37 @@ def open_training_scenes(paths: list[str], label: str, what: str) -> tuple[list[
     return scenes, tables[0]
 
 
+def check_run_scenes(train: list[Scene], val: list[Scene], table: ClassTable, label: str, level: int) -> None:
+    """Before the first step: validation scenes fit the training set (a 3-band validation scene
+    used to crash after the first training stretch), the level exists, and every scene has
+    labelled pixels (a scene of ignore only trained with a loss of 0.0 and no word)."""
+    first = train[0]
+    for s in val:
+        if s.shape[0] != first.shape[0]:
+            raise InputError(f"{s.url}: validation scene has {s.shape[0]} bands, the training scenes "
+                             f"({first.url}) have {first.shape[0]}")
+        if (s.label_classes(label) or s.classes) != table:
+            raise InputError(f"{s.url}: validation scene's class table differs from the training scenes'")
+    for s in train + val:
+        if level >= s.num_levels:
+            raise InputError(f"{s.url}: data.level {level} does not exist (levels 0..{s.num_levels - 1})")
+        if not has_labelled_pixel(s.label_levels(label), table.ignore_index):
+            raise InputError(f"{s.url}: labels/{label} has no labelled pixel (all {table.ignore_index} = ignore); "
+                             "nothing to learn or score")
+
+
+def has_labelled_pixel(levels: list, ignore: int) -> bool:
+    """Any pixel not ignore? The coarsest level answers at once when it finds one (a mode pyramid
+    keeps classes); only when it has none is level 0 read, chunk by chunk, stopping at the first."""
+    if (np.asarray(levels[-1]) != ignore).any():
+        return True
+    base = levels[0]
+    for idx in np.ndindex(*base.numblocks):
+        if (np.asarray(base.blocks[idx]) != ignore).any():
+            return True
+    return False
+
+
 class SceneSampler:
     """Endless training samples: one whole scene (holistic) or one random crop (sliced) at a time.
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from elegantviz.analysis.boundaries import boundary_fscore
 from elegantviz.analysis.errors import error_map, pair_regions, parse_pairs
-from elegantviz.analysis.metrics import confusion_matrix, summarize
+from elegantviz.analysis.metrics import check_convention, confusion_matrix, summarize
 from elegantviz.analysis.regions import parse_regions, regions_path, save_regions
 from elegantviz.errors import InputError
 from elegantviz.io.schema import GT, HARD, LABELS, MARGIN, MIN_REGION_AREA, PRED, error_name, error_table
@@ -43,13 +43,15 @@ def evaluate_scene(
     table = scene.label_classes(gt) or scene.classes
     if table is None:
         raise InputError(f"{path}: labels/{gt} has no class table")
+    if convention != "all":
+        check_convention(convention, table.names)  # before any work
+    pair_ids = parse_pairs(pairs, table)
     g, p = scene.label(gt), scene.label(pred)
     cm = confusion_matrix(g, p, table.num_classes, table.ignore_index, progress)
     report = {"scene": str(path), "pred": pred, "gt": gt, **summarize(cm, table.names, convention)}
     report["boundary"] = boundary_fscore(g, p, tolerance, table.ignore_index, progress)
     report["confusion_matrix"] = cm.tolist()
     report["class_names"] = table.names
-    pair_ids = parse_pairs(pairs, table)
     values = {name: scene.map(name) for name in (MARGIN,) if name in scene.maps and scene.map(name).shape == g.shape}
     if HARD in scene.labels:
         values[HARD] = scene.label(HARD).astype(np.float32)

@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 
 from elegantviz.analysis.metrics import per_class_iou
 from elegantviz.config import TrainConfig, save_config
-from elegantviz.data.datasets import Normalization, SceneSampler, open_training_scenes
+from elegantviz.data.datasets import Normalization, SceneSampler, check_run_scenes, open_training_scenes
 from elegantviz.errors import InputError
 from elegantviz.losses import elegantseg_loss
 from elegantviz.engine.checkpoints import NonFiniteError, nonfinite_tensors, pick_device, save_atomic
+from elegantviz.engine.run_folder import check_resumable, prepare_run_folder, read_checkpoint
 from elegantviz.models.registry import build_model
 from elegantviz.offload import MemoryMeter, Policy, mmap_large_allocations, parse_size, plan
 
@@ -112,6 +113,7 @@ class Trainer:
         d = cfg.data
         self.train_scenes, self.table = open_training_scenes(d.train, d.label, "training")
         self.val_scenes = open_training_scenes(d.val, d.label, "validation")[0] if d.val else []
+        check_run_scenes(self.train_scenes, self.val_scenes, self.table, d.label, d.level)
         self.in_chans = self.train_scenes[0].shape[0]
         self.bands = self.train_scenes[0].bands
         self.norm = Normalization.of_scenes(self.train_scenes)
@@ -197,7 +199,8 @@ class Trainer:
         path = path or self.out / "last.pt"
         if not path.exists():
             raise InputError(f"{path}: nothing to resume from")
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = read_checkpoint(path)
+        check_resumable(path, ck, self.state())
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
@@ -384,7 +387,10 @@ def recompute_bn_stats(model: torch.nn.Module, images: list[torch.Tensor], autoc
         model.eval()
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train (or with ``resume`` continue) the run in ``cfg.out_dir``; a folder holding another
+    run is refused unless ``overwrite`` (see :mod:`elegantviz.engine.run_folder`)."""
+    prepare_run_folder(Path(cfg.out_dir), resume, overwrite)
     mmap_large_allocations()  # freed activations go back to the system, so RSS tracks live bytes
     trainer = Trainer(cfg, progress)
     if resume:
