@@ -301,3 +301,42 @@ def test_keys_and_attention_hold_their_values_past_float16_range(checkpoint, tmp
     att = pixel_attention(s, h // 2 * 8, w // 2 * 8)
     # keys sum to 1 over positions and a query to 1 over channels: relative to uniform, the mean is 1
     assert np.isfinite(att).all() and abs(float(att.mean()) - 1.0) < 1e-3
+
+
+def test_a_second_writer_is_refused_with_one_line(checkpoint, tmp_path, capsys):
+    """Two predicts on one store ended in KeyError: '_progress'; now the second is refused while
+    the first runs, and a lock left by a killed writer does not lock the store forever."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from elegantviz.io.lock import lock_path
+
+    scene = fresh_scene(tmp_path)
+    lock = lock_path(scene.url)
+    first = subprocess.Popen([sys.executable, "-m", "elegantviz", "predict", str(checkpoint), scene.url, "-q"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lock.exists(), first.communicate()
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == first.pid and holder["command"] == "predict"
+        assert main(["predict", str(checkpoint), scene.url, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"another elegantviz is writing it (predict, pid {first.pid}" in err and "Traceback" not in err
+        assert main(["evaluate", scene.url, "--out", str(tmp_path / "ev"), "-q"]) == 2  # evaluate writes too
+        assert "another elegantviz is writing it" in capsys.readouterr().err
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert not lock.exists()
+    assert "pred" in open_scene(scene.url).labels
+    # a lock whose process is gone is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": holder["host"], "command": "predict",
+                                "since": "earlier"}))
+    assert main(["evaluate", scene.url, "--out", str(tmp_path / "ev"), "-q"]) == 0
+    assert not lock.exists()

@@ -18,6 +18,7 @@ from elegantviz.analysis.errors import error_map, pair_regions, parse_pairs
 from elegantviz.analysis.metrics import check_convention, confusion_matrix, summarize
 from elegantviz.analysis.regions import parse_regions, regions_path, save_regions
 from elegantviz.errors import InputError
+from elegantviz.io.lock import writer_lock
 from elegantviz.io.schema import GT, HARD, LABELS, MARGIN, MIN_REGION_AREA, PRED, error_name, error_table
 from elegantviz.io.store import open_scene
 
@@ -36,6 +37,13 @@ def evaluate_scene(
     progress: bool = True,
 ) -> dict:
     """Metrics of one scene store; see the module docstring for what is written."""
+    if not write_error_map:
+        return _evaluate(path, pred, gt, pairs, convention, tolerance, False, min_area, progress)
+    with writer_lock(path, "evaluate"):
+        return _evaluate(path, pred, gt, pairs, convention, tolerance, True, min_area, progress)
+
+
+def _evaluate(path, pred, gt, pairs, convention, tolerance, write_error_map, min_area, progress) -> dict:
     scene = open_scene(path, mode="a")
     for name in (gt, pred):
         if name not in scene.labels:

@@ -33,6 +33,7 @@ from elegantviz.errors import InputError
 from elegantviz.inference import make_strategy
 from elegantviz.inference.prediction import STORED_DTYPES, Prediction
 from elegantviz.io import schema as S
+from elegantviz.io.lock import writer_lock
 from elegantviz.io.pyramid import upsample_nearest
 from elegantviz.io.store import Scene, open_scene
 
@@ -102,6 +103,14 @@ def predict_scene(
     each part, e.g. ``"labels/pred"``) and once more with ``"done"``, for a progress bar; an
     exception it raises stops the run between stages, where the store is valid and resumable.
     """
+    with writer_lock(scene_path, "predict"):
+        return _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, device, progress, on_stage,
+                              tile)
+
+
+def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, device, progress, on_stage,
+                   tile) -> dict:
+    """The run itself, under the store's writer lock."""
     strategy = make_strategy(mode, crop, overlap, tile)
     S.check_prediction_name(name, str(scene_path))
     dev = pick_device(device)
