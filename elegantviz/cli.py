@@ -80,7 +80,7 @@ def _train(args: argparse.Namespace) -> None:
         cfg.memory.budget = args.memory_budget
     if args.policy:
         cfg.memory.policy = args.policy
-    best = train(cfg, resume=args.resume, progress=not args.quiet)
+    best = train(cfg, resume=args.resume, progress=not args.quiet, overwrite=args.overwrite)
     print(f"best checkpoint: {best}")
 
 
@@ -164,6 +164,21 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(format_report(report))
         regions = f"  regions: {report['regions_file']}" if "regions_file" in report else ""
         print(f"report: {js}  figure: {png}{regions}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from elegantviz.io.check import check_scene
+
+    damaged = []
+    for path in args.scenes:
+        report = check_scene(path, progress=not args.quiet)
+        for problem in report.problems:
+            print(problem)
+        print(report.summary())
+        if report.damage:
+            damaged.append(path)
+    if damaged:
+        raise ElegantvizError(f"{len(damaged)} of {len(args.scenes)} scene stores damaged: {', '.join(damaged)}")
 
 
 def _view(args: argparse.Namespace) -> None:
@@ -291,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config file, or a shipped config name (riverworld-cpu, fbp, deepglobe, inria)")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt exactly where it stopped")
     t.add_argument("--out", help="run folder (overrides out_dir)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run folder that holds a run (its checkpoints and log are deleted)")
     t.add_argument("--iters", type=at_least(1), help="number of iterations (overrides iters)")
     t.add_argument("--memory-budget", metavar="SIZE", help="e.g. 12GB; the planner picks the cheapest policy that fits")
     t.add_argument("--policy", choices=POLICY_CHOICES,
@@ -331,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"and folded away (default {MIN_REGION_AREA})")
     e.add_argument("--out", default="evaluation", help="folder for report.json and confusion_matrix.png")
     e.add_argument("--no-error-map", action="store_true", help="do not store labels/error in the scene")
+
+    ck = add("check", _check, "verify scene stores: parts complete, every chunk present and readable, metadata "
+             "consistent; one line per problem, exit 2 when damaged")
+    ck.add_argument("scenes", nargs="+", help="scene stores (paths or URLs)")
 
     v = add("view", _view, "open a scene store in napari with the elegantviz docks")
     v.add_argument("scene", help="scene store path or URL")

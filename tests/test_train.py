@@ -335,3 +335,17 @@ def test_scenes_are_checked_before_the_first_step(scenes, tmp_path):
     with pytest.raises(InputError, match=r"data.level 5 does not exist \(levels 0..0\)|data.level 5 does not exist"):
         Trainer(small_config(scenes, tmp_path / "r4", data={"train": scenes[:2], "level": 5}), progress=False)
     assert not any((tmp_path / name).exists() for name in ("r1", "r2", "r4"))
+
+
+def test_train_cli_refuses_a_finished_run_folder(scenes, tmp_path, capsys):
+    from elegantviz.cli import main
+    from elegantviz.config import save_config
+
+    out = tmp_path / "run"
+    cfg = small_config(scenes, out, iters=1)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert main(["train", str(tmp_path / "c.yaml"), "-q"]) == 0
+    best = (out / "best.pt").read_bytes()
+    assert main(["train", str(tmp_path / "c.yaml"), "-q"]) == 2
+    assert "holds a training run" in capsys.readouterr().err and (out / "best.pt").read_bytes() == best
+    assert main(["train", str(tmp_path / "c.yaml"), "--overwrite", "-q"]) == 0

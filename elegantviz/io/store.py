@@ -22,6 +22,7 @@ from elegantviz import __version__
 from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
 from elegantviz.io.bands import NATURAL, choose_bands, stored_windows
+from elegantviz.io.manifest import MANIFEST, checked_level, part_manifest
 from elegantviz.io.ngff import (from_json_number, image_label, json_number, list_label, multiscales, omero_channels,
                                 write_pyramid)
 from elegantviz.io.schema import CACHE_GROUP, KEY, LABELS, MAPS, NGFF_VERSION, PROGRESS_GROUP, check_part_name, part_path
@@ -104,7 +105,10 @@ class Scene:
     # image ------------------------------------------------------------------------------------
     @cached_property
     def levels(self) -> list[da.Array]:
-        return [da.from_zarr(self.root[str(k)]) for k in range(self.num_levels)]
+        return [self._read("", k) for k in range(self.num_levels)]
+
+    def _read(self, prefix: str, level: int, **kw: Any) -> da.Array:  # checked against the part's manifest
+        return checked_level(self.root[prefix] if prefix else self.root, level, self.url, not prefix, **kw)
 
     def image(self, level: int = 0) -> da.Array:
         return self.levels[level]
@@ -112,11 +116,8 @@ class Scene:
     def tile_levels(self) -> list[da.Array]:
         """The image pyramid with every band of a tile in one dask chunk: a viewer's screenful
         then costs one read per tile instead of one per band and tile."""
-        out = []
-        for k in range(self.num_levels):
-            arr = self.root[str(k)]
-            out.append(da.from_zarr(arr, chunks=(arr.shape[0], *arr.chunks[-2:]), inline_array=True))
-        return out
+        arrays = [self.root[str(k)] for k in range(self.num_levels)]
+        return [self._read("", k, chunks=(a.shape[0], *a.chunks[-2:]), inline_array=True) for k, a in enumerate(arrays)]
 
     def band_indices(self, composite: str = NATURAL) -> list[int]:
         """Bands to show: [r, g, b] (natural colour or NIR false colour) or [k] for grey."""
@@ -156,9 +157,8 @@ class Scene:
         if name not in self._parts(kind):
             have = self._parts(kind)
             raise InputError(f"{self.url}: no complete {kind}/{name} (has: {', '.join(have) or 'none'})")
-        group = self.root[f"{kind}/{name}"]
-        n = len(group.attrs["ome"]["multiscales"][0]["datasets"])
-        return [da.from_zarr(group[str(k)]) for k in range(n)]
+        n = len(self.root[f"{kind}/{name}"].attrs["ome"]["multiscales"][0]["datasets"])
+        return [self._read(f"{kind}/{name}", k) for k in range(n)]
 
     def label_levels(self, name: str) -> list[da.Array]:
         return self._levels_of("labels", name)
@@ -263,7 +263,8 @@ class Scene:
         n = write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self.tile, IGNORE_INDEX,
                            None, f"labels/{name}", progress)
         ome = {"version": NGFF_VERSION, "multiscales": multiscales(name, ("y", "x"), n), "image-label": image_label(classes)}
-        meta = {"complete": True, "classes": classes.to_dict() if classes else None, **(attrs or {})}
+        meta = {"complete": True, "classes": classes.to_dict() if classes else None, **(attrs or {}),
+                MANIFEST: part_manifest(self.root, f"labels/{name}", n)}
         group.attrs.update({"ome": ome, KEY: meta})
         list_label(self.root[LABELS], name, listed=True)
 
@@ -291,14 +292,12 @@ class Scene:
                            f"maps/{name}", progress)
         axes = ("c", "y", "x")[-arr.ndim :]
         stride = int((attrs or {}).get("stride", 1)) if arr.shape[-2:] != self.shape[1:] else 1  # margin: upsampled
-        group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": multiscales(name, axes, n, stride)},
-                            KEY: {"complete": True, **(attrs or {})}})
+        meta = {"complete": True, **(attrs or {}), MANIFEST: part_manifest(self.root, f"maps/{name}", n)}
+        group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": multiscales(name, axes, n, stride)}, KEY: meta})
 
     def finalize(self) -> None:
         """Mark the scene finished: the last write of a conversion."""
-        meta = self.meta
-        meta["complete"] = True
-        self.root.attrs[KEY] = meta
+        self.root.attrs[KEY] = {**self.meta, MANIFEST: part_manifest(self.root, "", self.num_levels), "complete": True}
 
     @property
     def tile(self) -> int:

@@ -1,0 +1,206 @@
+"""Chunk manifests: which chunks of each array a finished part wrote.
+
+zarr does not write a chunk that equals the fill value, so an absent chunk file is not by itself
+an error; a chunk that was written and is gone since is. When a part (the image pyramid, a
+``labels/<name>``, a ``maps/<name>``) is finished, its ``elegantviz`` attributes get a
+``manifest``: for each array of the part (``"0"``, ``"1"``, ... relative to the part) the shape,
+dtype and chunk shape it was written with and a bitmap over its chunk grid, 1 where a chunk
+file exists, packed 8 chunks a byte, zlib-compressed and base64-encoded. A 20,000 x 20,000
+four-band scene in 512 px chunks has 40 x 40 x 4 chunks at level 0: at most 800 bytes raw
+(about 1 kB of text), a few dozen characters when every chunk is there.
+
+Reads of a part with a manifest (:func:`checked_dask`) check, per block, that the block's
+chunks which the manifest lists still exist, and name a chunk that does not decode, instead of
+handing out the fill value or a codec's traceback. Stores written before the manifest read as
+before (only a chunk that fails to decode is named).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import math
+import zlib
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from elegantviz.errors import InputError
+from elegantviz.io.schema import KEY
+
+MANIFEST = "manifest"  # the entry of a part's elegantviz attributes
+METADATA_FILE = "zarr.json"
+
+
+# --- chunk keys ---------------------------------------------------------------------------------
+def array_prefix(array: zarr.Array) -> str:
+    """The array's path from the store's root, '' or ending in '/'."""
+    path = array.store_path.path.strip("/")
+    return f"{path}/" if path else ""
+
+
+def chunk_key(array: zarr.Array, index: tuple[int, ...]) -> str:
+    """The store key of one chunk, e.g. ``labels/gt/0/c/1/0``."""
+    return array_prefix(array) + array.metadata.chunk_key_encoding.encode_chunk_key(tuple(index))
+
+
+def chunk_index(array: zarr.Array, key: str) -> tuple[int, ...] | None:
+    """The chunk index a key (relative to the array) names; None when it is not a chunk key."""
+    encoding = array.metadata.chunk_key_encoding
+    sep = encoding.separator
+    if getattr(encoding, "name", "default") == "default":
+        if key == "c":
+            return ()
+        if not key.startswith("c" + sep):
+            return None
+        key = key[2:]
+    try:
+        index = tuple(int(p) for p in key.split(sep))
+    except ValueError:
+        return None
+    return index if all(i >= 0 for i in index) else None
+
+
+def listed_keys(array: zarr.Array) -> list[str]:
+    """Every key under the array (its ``zarr.json`` left out), relative to the array."""
+    prefix = array_prefix(array)
+
+    async def collect() -> list[str]:
+        return [k async for k in array.store_path.store.list_prefix(prefix)]
+
+    keys = [k[len(prefix):] for k in sync(collect())]
+    return sorted(k for k in keys if k and k != METADATA_FILE)
+
+
+def key_exists(array: zarr.Array, key: str) -> bool:
+    return bool(sync(array.store_path.store.exists(key)))
+
+
+def grid_of(shape, chunks) -> tuple[int, ...]:
+    return tuple(math.ceil(s / c) for s, c in zip(shape, chunks))
+
+
+def chunk_region(index: tuple[int, ...], shape, chunks) -> tuple[slice, ...]:
+    return tuple(slice(i * c, min((i + 1) * c, s)) for i, s, c in zip(index, shape, chunks))
+
+
+# --- the manifest -------------------------------------------------------------------------------
+def encode_bits(present: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(np.packbits(present.ravel()).tobytes(), 9)).decode("ascii")
+
+
+def decode_bits(text: str, grid: tuple[int, ...]) -> np.ndarray:
+    raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.uint8)
+    n = int(np.prod(grid, dtype=np.int64))
+    return np.unpackbits(raw)[:n].astype(bool).reshape(grid)
+
+
+def array_record(array: zarr.Array) -> dict:
+    """What an array was written as, and which of its chunks exist (listed from the store)."""
+    grid = tuple(array.cdata_shape)
+    present = np.zeros(grid, bool)
+    for key in listed_keys(array):
+        index = chunk_index(array, key)
+        if index is not None and len(index) == len(grid) and all(i < g for i, g in zip(index, grid)):
+            present[index] = True
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks),
+            "written": int(present.sum()), "present": encode_bits(present)}
+
+
+def part_manifest(root: zarr.Group, prefix: str, n_levels: int) -> dict:
+    """The manifest of a finished part: the record of each of its levels ``prefix/0..n-1``."""
+    return {str(k): array_record(root[f"{prefix}/{k}" if prefix else str(k)]) for k in range(n_levels)}
+
+
+def present_chunks(record: dict) -> np.ndarray:
+    """The bitmap of a manifest record, over the grid it was written with."""
+    return decode_bits(record["present"], grid_of(record["shape"], record["chunks"]))
+
+
+def metadata_mismatch(array: zarr.Array, record: dict) -> str | None:
+    """How the array's ``zarr.json`` disagrees with what was written, or None."""
+    said = {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
+    wrong = [f"{k} {said[k]}, written as {record.get(k)}" for k in ("shape", "dtype", "chunks")
+             if said[k] != record.get(k)]
+    return "; ".join(wrong) if wrong else None
+
+
+def damaged(url: str, what: str, problem: str, detail: str = "") -> InputError:
+    """The one-line error of a damaged store, e.g. ``s.zarr: labels/gt/0/c/1/0 is missing (...)``."""
+    why = f"{detail}; " if detail else ""
+    return InputError(f"{url}: {what} {problem} ({why}the store is damaged; `elegantviz check {url}` lists every problem)")
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+# --- checked reads ------------------------------------------------------------------------------
+class CheckedArray:
+    """A zarr array as dask reads it (``shape``, ``dtype``, ``ndim``, ``__getitem__``), with a check
+    per block read: a chunk the manifest lists must still exist, and a chunk that fails to
+    decode is named. ``present`` None (a store without a manifest) skips the first check."""
+
+    def __init__(self, array: zarr.Array, url: str, image: bool, present: np.ndarray | None):
+        self.array, self.url, self.image, self.present = array, url, image, present
+        self.shape, self.dtype, self.ndim, self.chunks = array.shape, array.dtype, array.ndim, array.chunks
+
+    def __dask_tokenize__(self):
+        bits = None if self.present is None else encode_bits(self.present)
+        return ("elegantviz-checked", self.url, array_prefix(self.array), self.shape, str(self.dtype), self.chunks,
+                bits)
+
+    def what(self, index: tuple[int, ...]) -> str:
+        key = chunk_key(self.array, index)
+        return f"image chunk {key}" if self.image else key
+
+    def chunk_indices(self, region: tuple) -> list[tuple[int, ...]]:
+        region = tuple(region) + (slice(None),) * (self.ndim - len(tuple(region)))
+        ranges = []
+        for sel, n, c in zip(region, self.shape, self.chunks):
+            start, stop, _ = sel.indices(n) if isinstance(sel, slice) else (int(sel), int(sel) + 1, 1)
+            ranges.append(range(start // c, max(start // c, math.ceil(stop / c))))
+        return list(itertools.product(*ranges))
+
+    def __getitem__(self, region: Any) -> np.ndarray:
+        region = region if isinstance(region, tuple) else (region,)
+        indices = self.chunk_indices(region)
+        if self.present is not None:
+            for index in indices:
+                if self.present[index] and not key_exists(self.array, chunk_key(self.array, index)):
+                    raise damaged(self.url, self.what(index), "is missing")
+        try:
+            return self.array[region]
+        except Exception as exc:  # name the chunk that does not decode
+            for index in indices:
+                try:
+                    self.array[chunk_region(index, self.shape, self.chunks)]
+                except Exception as bad:
+                    raise damaged(self.url, self.what(index), "is corrupt", short_error(bad)) from None
+            raise exc
+
+
+def checked_dask(array: zarr.Array, url: str, record: dict | None, image: bool = False,
+                 chunks: tuple[int, ...] | None = None, inline_array: bool = False) -> da.Array:
+    """A lazy dask array over a finished part's array, checked on every block read (see
+    :class:`CheckedArray`); refused at once when its ``zarr.json`` disagrees with the manifest."""
+    present = None
+    if record is not None:
+        wrong = metadata_mismatch(array, record)
+        if wrong:
+            what = f"image {array_prefix(array)}{METADATA_FILE}" if image else f"{array_prefix(array)}{METADATA_FILE}"
+            raise damaged(url, what, f"disagrees with the manifest: it says {wrong}")
+        present = present_chunks(record)
+    source = CheckedArray(array, url, image, present)
+    return da.from_array(source, chunks=chunks or array.chunks, asarray=False, fancy=False,
+                         inline_array=inline_array, meta=np.empty((0,) * array.ndim, array.dtype))
+
+
+def checked_level(group: zarr.Group, level: int, url: str, image: bool, **kw: Any) -> da.Array:
+    """Level ``level`` of a part's group, checked against the manifest in the group's attributes."""
+    record = (group.attrs.get(KEY, {}).get(MANIFEST) or {}).get(str(level))
+    return checked_dask(group[str(level)], url, record, image=image, **kw)
