@@ -44,6 +44,9 @@ def _convert(args: argparse.Namespace) -> None:
         print(f"mask {m.path}: {m.unknown_pixels:,d} pixels outside the class table"
               + (f" (values {m.unknown_values})" if m.unknown_values else "")
               + f", {m.nodata_pixels:,d} nodata/ignored pixels; both stored as ignore (255)")
+    im = result.image
+    if im and (im.nan_pixels or im.infinite_pixels):
+        print(f"image: {im.infinite_pixels:,d} infinite and {im.nan_pixels:,d} NaN pixels stored as nodata (NaN)")
     print(format_info(scene_info(result.scene, histograms=False, progress=False)))
 
 
