@@ -60,3 +60,16 @@ def test_cli_synth_geotiff_then_convert(tmp_path):
     spec = RiverworldSpec(200, 150, 0)
     np.testing.assert_array_equal(scene.label("gt").compute(), render_labels(spec, 0, 200, 0, 150))
     np.testing.assert_array_equal(scene.image().compute(), render_image(spec, 0, 200, 0, 150))
+
+
+def test_synth_never_writes_into_a_plain_folder_or_an_image_name(tmp_path, capsys):
+    from elegantviz.cli import main
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    assert main(["synth", str(folder), "--size", "64", "-q"]) == 2
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert main(["synth", str(tmp_path / "x.png"), "--size", "64", "-q"]) == 2
+    assert "not a .png file" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main(["synth", str(tmp_path / "ok.zarr"), "--size", "64", "-q"]) == 0

@@ -290,8 +290,13 @@ def synthesize_riverworld(
     out_s = str(out)
     if out_s.lower().endswith((".tif", ".tiff")):
         return write_geotiff_pair(Path(out_s), image, labels, tile, overwrite, progress)
+    if Path(out_s).suffix.lower() in (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"):
+        raise InputError(f"{out_s}: synth writes a scene store (OUT.zarr) or a GeoTIFF pair (OUT.tif), not a {Path(out_s).suffix} file")
+    from elegantviz.io.convert import check_output
     from elegantviz.io.store import create_scene
 
+    if "://" not in out_s:
+        check_output(out_s)  # never into a plain folder: create_scene would empty it
     job = {"synthetic": "riverworld", "seed": seed}
     scene = create_scene(out, image, bands=list(BANDS), classes=RIVERWORLD, source=f"riverworld seed={seed}",
                          tile=tile, overwrite=overwrite, progress=progress, job=job, finalize=False)
