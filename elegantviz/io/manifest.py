@@ -9,8 +9,8 @@ file exists, packed 8 chunks a byte, zlib-compressed and base64-encoded. A 20,00
 four-band scene in 512 px chunks has 40 x 40 x 4 chunks at level 0: at most 800 bytes raw
 (about 1 kB of text), a few dozen characters when every chunk is there.
 
-Reads of a part with a manifest (:func:`checked_dask`) check, per block, that the block's
-chunks which the manifest lists still exist, and name a chunk that does not decode, instead of
+Reads of a part with a manifest (:func:`checked_dask`) check that a chunk the manifest lists and
+which reads as the fill value still exists, and name a chunk that does not decode, instead of
 handing out the fill value or a codec's traceback. Stores written before the manifest read as
 before (only a chunk that fails to decode is named).
 """
@@ -169,12 +169,8 @@ class CheckedArray:
     def __getitem__(self, region: Any) -> np.ndarray:
         region = region if isinstance(region, tuple) else (region,)
         indices = self.chunk_indices(region)
-        if self.present is not None:
-            for index in indices:
-                if self.present[index] and not key_exists(self.array, chunk_key(self.array, index)):
-                    raise damaged(self.url, self.what(index), "is missing")
         try:
-            return self.array[region]
+            out = self.array[region]
         except Exception as exc:  # name the chunk that does not decode
             for index in indices:
                 try:
@@ -182,6 +178,27 @@ class CheckedArray:
                 except Exception as bad:
                     raise damaged(self.url, self.what(index), "is corrupt", short_error(bad)) from None
             raise exc
+        if self.present is not None:
+            self.check_fill_chunks(region, indices, out)
+        return out
+
+    def check_fill_chunks(self, region: tuple, indices: list[tuple[int, ...]], out: np.ndarray) -> None:
+        """A missing chunk reads as the fill value, and zarr does not write all-fill chunks, so only
+        the chunks that read as fill alone need asking whether the store still has them: no
+        request per chunk on the hot path (a viewer's tiles), one per all-fill chunk."""
+        region = tuple(region) + (slice(None),) * (self.ndim - len(region))
+        starts = [sel.indices(n)[0] if isinstance(sel, slice) else int(sel) for sel, n in zip(region, self.shape)]
+        fill = self.array.fill_value
+        nan_fill = np.issubdtype(np.asarray(fill).dtype, np.floating) and bool(np.isnan(fill))
+        for index in indices:
+            if not self.present[index]:
+                continue
+            local = tuple(slice(max(0, r.start - o), max(0, r.stop - o))
+                          for r, o in zip(chunk_region(index, self.shape, self.chunks), starts))
+            part = out[local] if out.ndim == len(local) else out
+            is_fill = np.isnan(part).all() if nan_fill else (part == fill).all()
+            if is_fill and not key_exists(self.array, chunk_key(self.array, index)):
+                raise damaged(self.url, self.what(index), "is missing")
 
 
 def checked_dask(array: zarr.Array, url: str, record: dict | None, image: bool = False,
