@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from elegantviz.errors import ElegantvizError, InputError
-from elegantviz.io.blocks import map_blocks_collect
+from elegantviz.io.blocks import block_starts, map_blocks_collect
 from elegantviz.io.schema import ERROR, LABELS, MIN_REGION_AREA, PRED
 
 EIGHT = np.ones((3, 3), bool)
@@ -119,7 +119,7 @@ def find_regions(mask: da.Array, values: dict[str, da.Array] | None = None, prog
     values = values or {}
     mask = mask.astype(bool)
     arrays = [mask] + [v.rechunk(mask.chunks) for v in values.values()]
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in mask.chunks]
+    starts = block_starts(mask.chunks)
 
     def fn(idx, m, *vals):
         return _block_stats(idx, (starts[0][idx[0]], starts[1][idx[1]]), m, *vals)

@@ -125,6 +125,11 @@ def run_threaded(items, fn, desc: str, progress: bool = True, total: int | None 
     return results
 
 
+def block_starts(chunks: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
+    """The first index of every block along each axis of a dask array's ``chunks``."""
+    return [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
+
+
 def map_blocks_collect(arrays: da.Array | Sequence[da.Array], fn, desc: str, progress: bool = True,
                        with_index: bool = False) -> list:
     """``fn`` of every block (e.g. counts, unique values), one block at a time, in block order.

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from elegantviz.classes import ClassTable
 from elegantviz.errors import InputError
+from elegantviz.io.blocks import block_starts
 
 BLOCK = 512  # COG tile side
 CACHE_MB = 64  # GDAL's block cache (by default 5 % of RAM, so it grew with the scene)
@@ -36,7 +37,7 @@ def colour_table(table: ClassTable | None) -> dict[int, tuple[int, int, int, int
     return colours
 
 
-def check_output(out: Path, overwrite: bool) -> None:
+def check_output_file(out: Path, overwrite: bool) -> None:
     """An existing output is replaced only when asked; its folder must exist."""
     if out.exists() and not overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
@@ -48,7 +49,7 @@ def write_cog(out: str | Path, labels: da.Array, table: ClassTable | None, crs: 
               transform: list[float] | None, overwrite: bool = False, progress: bool = True) -> Path:
     """Write (y, x) uint8 ``labels`` as a COG at ``out``; returns the path."""
     out = Path(out)
-    check_output(out, overwrite)
+    check_output_file(out, overwrite)
     if labels.ndim != 2 or labels.dtype != np.uint8:
         raise InputError(f"{out}: expected (y, x) uint8 labels, got {labels.shape} {labels.dtype}")
     part = out.with_name(f".{out.name}.part.tif")
@@ -81,7 +82,7 @@ def write_cog(out: str | Path, labels: da.Array, table: ClassTable | None, crs: 
 
 
 def _write_blocks(dst, labels: da.Array, progress: bool, desc: str) -> None:
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in labels.chunks]
+    starts = block_starts(labels.chunks)
     blocks = [(i, j) for i in range(len(starts[0])) for j in range(len(starts[1]))]
     for i, j in tqdm(blocks, desc=f"export {desc}", unit="block", disable=not progress):
         block = np.asarray(labels.blocks[i, j].compute())

@@ -22,7 +22,8 @@ from shapely.geometry import shape
 from tqdm.auto import tqdm
 
 from elegantviz.errors import InputError
-from elegantviz.io.cog import check_output
+from elegantviz.io.blocks import block_starts
+from elegantviz.io.cog import check_output_file
 
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 
@@ -39,7 +40,7 @@ def label_polygons(labels: da.Array, ids: list[int], progress: bool = True, desc
                    ) -> list[tuple[int, shapely.Polygon]]:
     """(class id, polygon in pixel coordinates) of every 4-connected region of the classes ``ids``."""
     ids_set = set(int(i) for i in ids)
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in labels.chunks]
+    starts = block_starts(labels.chunks)
     h, w = labels.shape
     done: list[tuple[int, shapely.Polygon]] = []
     open_pieces: dict[int, list[shapely.Polygon]] = {}
@@ -84,7 +85,7 @@ def write_layer(out: str | Path, layer: Layer, crs: str | None, transform: list[
     driver = DRIVERS.get(out.suffix.lower())
     if driver is None:
         raise InputError(f"{out}: unknown vector format; use .gpkg or .geojson")
-    check_output(out, overwrite)
+    check_output_file(out, overwrite)
     if simplify < 0:
         raise InputError(f"--simplify {simplify}: must be >= 0")
     geoms = [to_map(g, transform) for g in layer.geometries]
