@@ -9,6 +9,7 @@ with the pairs and regions in its attributes, and the regions file beside the st
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,8 @@ def evaluate_scene(
     progress: bool = True,
 ) -> dict:
     """Metrics of one scene store; see the module docstring for what is written."""
-    if not write_error_map:
-        return _evaluate(path, pred, gt, pairs, convention, tolerance, False, min_area, progress)
-    with writer_lock(path, "evaluate"):
-        return _evaluate(path, pred, gt, pairs, convention, tolerance, True, min_area, progress)
+    with writer_lock(path, "evaluate") if write_error_map else nullcontext():
+        return _evaluate(path, pred, gt, pairs, convention, tolerance, write_error_map, min_area, progress)
 
 
 def _evaluate(path, pred, gt, pairs, convention, tolerance, write_error_map, min_area, progress) -> dict:
