@@ -131,25 +131,67 @@ class ClassTable:
 
     @classmethod
     def from_dict(cls, d: dict, origin: str = "class table") -> "ClassTable":
+        """A table as ``to_dict`` writes it (or a hand-written JSON file). Every value is checked,
+        none coerced: an id of 0.5 or a colour of 300 is refused, not rounded or wrapped."""
         try:
+            if not isinstance(d, dict):
+                raise TypeError(f"a {type(d).__name__}, not a mapping")
+            rows = d["classes"]
+            if not isinstance(rows, list) or not rows or not all(isinstance(c, dict) for c in rows):
+                raise ValueError(f"'classes' must be a non-empty list of classes, got {rows!r:.80}")
             classes = tuple(
                 ClassInfo(
-                    id=int(c["id"]),
-                    name=str(c["name"]),
-                    color=tuple(int(v) for v in c.get("color", auto_color(int(c["id"])))),  # type: ignore[arg-type]
-                    source_values=tuple(int(v) for v in c.get("source_values", [c["id"]])),
+                    id=_whole(c["id"], "id"),
+                    name=_text(c["name"], "name"),
+                    color=_color(c["color"]) if "color" in c else auto_color(_whole(c["id"], "id")),
+                    source_values=tuple(_whole(v, "source value") for v in _listed(c.get("source_values", [c["id"]]))),
                 )
-                for c in d["classes"]
+                for c in rows
             )
+            names = {c.name for c in classes}
+            pairs = tuple(tuple(_text(n, "pair class") for n in _listed(p))
+                          for p in _listed(d.get("default_pairs", [])))
+            if any(len(p) != 2 or not set(p) <= names for p in pairs):
+                raise ValueError(f"default pairs {[list(p) for p in pairs]} are not pairs of its classes")
+            ignore = _whole(d.get("ignore_index", IGNORE_INDEX), "ignore_index")
+            if not 0 <= ignore <= 255 or ignore < len(classes):
+                raise ValueError(f"ignore_index {ignore} must be a uint8 value that is no class id")
             return cls(
-                name=str(d.get("name", origin)),
+                name=_text(d.get("name", origin), "name"),
                 classes=classes,
-                ignore_source_values=tuple(int(v) for v in d.get("ignore_source_values", [])),
-                default_pairs=tuple(tuple(p) for p in d.get("default_pairs", [])),  # type: ignore[misc]
-                ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
+                ignore_source_values=tuple(_whole(v, "ignored value")
+                                           for v in _listed(d.get("ignore_source_values", []))),
+                default_pairs=pairs,  # type: ignore[arg-type]
+                ignore_index=ignore,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{origin}: not a valid class table ({type(e).__name__}: {e})") from None
+
+
+def _whole(v: object, what: str) -> int:
+    """An integer as JSON writes one (1 or 1.0); a bool, a fraction or a string is refused."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer():
+        raise ValueError(f"{what} {v!r} is not a whole number")
+    return int(v)
+
+
+def _text(v: object, what: str) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{what} {v!r} is not a string")
+    return v
+
+
+def _listed(v: object) -> list:
+    if not isinstance(v, list):
+        raise ValueError(f"{v!r:.40} is not a list")
+    return v
+
+
+def _color(v: object) -> tuple[int, int, int]:
+    rgb = tuple(_whole(c, "colour value") for c in _listed(v))
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"colour {v!r} is not three values 0..255")
+    return rgb  # type: ignore[return-value]
 
 
 def auto_color(i: int) -> tuple[int, int, int]:

@@ -1,6 +1,8 @@
 """Training configs: dataclasses, YAML in and out, named configs shipped in elegantviz/configs.
 
-Unknown keys are errors (a typo in a YAML file must not silently fall back to a default).
+Unknown keys are errors (a typo in a YAML file must not silently fall back to a default), and
+every value is checked by type, range and form when the file is read, so a bad value is
+refused before any work starts, with the file and the key named.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from elegantviz.errors import InputError
+from elegantviz.values import SEED_MAX, device_name, label_name, parse_size
 
 
 @dataclass
@@ -25,7 +28,7 @@ class DataConfig:
     val: list[str] = field(default_factory=list)
     label: str = "gt"
     mode: str = "holistic"  # holistic: whole scenes; sliced: random crops (the paper's ablation)
-    crop_size: int = 512
+    crop_size: int = 512  # at least 64: HRNet's stride-32 branch needs 2 x 2 cells to normalise a batch
     level: int = 0  # pyramid level to train on (1 halves the resolution)
     flips: bool = True
     rot90: bool = True
@@ -105,11 +108,48 @@ class TrainConfig:
 # so a bad value is refused before any work starts, with the file and the key named
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "iters": (1, None), "val_every": (1, None), "ckpt_every": (1, None), "log_every": (1, None), "precise_bn": (0, None),
-    "data.crop_size": (16, None), "data.level": (0, 20), "loss.w_bd": (0, None), "loss.w_aux": (0, None),
+    "data.crop_size": (64, None), "data.level": (0, 20), "loss.w_bd": (0, None), "loss.w_aux": (0, None),
     "loss.sobel_ksize": (1, 31), "optim.lr": (0, None), "optim.momentum": (0, 1), "optim.weight_decay": (0, None),
     "optim.warmup_iters": (0, None), "optim.warmup_lr": (0, None), "optim.gamma": (0, None), "optim.power": (0, None),
     "optim.min_lr": (0, None), "optim.head_lr_mult": (0, None), "optim.grad_clip": (0, None),
-    "optim.accumulate": (1, None), "optim.max_bad_steps": (1, None),
+    "optim.accumulate": (1, None), "optim.max_bad_steps": (1, None), "seed": (0, SEED_MAX),
+}
+
+
+def _betas(v: list) -> None:
+    if len(v) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in v):
+        raise ValueError(f"must be two numbers in [0, 1), got {v!r}")
+
+
+def _milestones(v: list) -> None:
+    if not all(_is_number(m) and m >= 0 for m in v):
+        raise ValueError(f"must be numbers >= 0 (fractions of iters below 1, else iterations), got {v!r}")
+
+
+def _scene_paths(v: list) -> None:
+    if not all(isinstance(p, str) and p.strip() for p in v):
+        raise ValueError(f"must be a list of scene store paths, got {v!r}")
+
+
+def _odd(v: int) -> None:
+    if v < 3 or v % 2 == 0:
+        raise ValueError(f"must be an odd number from 3 to 31, got {v}")
+
+
+def _not_blank(v: str) -> None:
+    if not v.strip():
+        raise ValueError(f"must not be empty, got {v!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# further checks of form, by dotted key (each raises ValueError saying what the value must be)
+FORMS: dict[str, Any] = {
+    "optim.betas": _betas, "optim.milestones": _milestones, "data.train": _scene_paths, "data.val": _scene_paths,
+    "loss.sobel_ksize": _odd, "out_dir": _not_blank, "data.label": label_name, "model.name": _not_blank,
+    "device": device_name, "memory.budget": parse_size, "memory.threshold": parse_size,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.mode": ("holistic", "sliced"), "optim.optimizer": ("sgd", "adamw"),
@@ -139,6 +179,11 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
             raise InputError(f"{where}: {key} must be {'> 0' if key == 'optim.lr' else span}, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise InputError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in FORMS:
+        try:
+            FORMS[key](value)
+        except ValueError as e:
+            raise InputError(f"{where}: {key} {e}") from None
     return float(value) if kind is float else value
 
 
@@ -175,11 +220,16 @@ def load_config(path: str | Path) -> TrainConfig:
             raise InputError(f"{path}: no such config file, nor a shipped config ({', '.join(list_configs())})")
         text, where = shipped.read_text(), f"elegantviz/configs/{path}.yaml"
     else:
-        text, where = p.read_text(), str(p)
+        where = str(p)
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "not a text file"
+            raise InputError(f"{where}: cannot read the config ({reason})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise InputError(f"{where}: not valid YAML ({e})") from None
+        raise InputError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
     return config_from_dict(data, where)
 
 

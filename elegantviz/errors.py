@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class ElegantvizError(Exception):
     """Base class; the CLI prints these as one line and exits with status 2."""
@@ -17,3 +19,16 @@ class SceneStoreError(ElegantvizError, ValueError):
 
 class IncompleteSceneError(SceneStoreError):
     """A scene store whose writer did not finish; running the same command again resumes it."""
+
+
+@contextmanager
+def writing(where, also: tuple[type[BaseException], ...] = ()):
+    """A failed read or write of ``where`` (a read-only folder, a full disk; ``also``: a library's
+    own error types for that) as one line naming the file the system names, else ``where``."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except (OSError, *also) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).splitlines() or [""])[0][:160]
+        raise InputError(f"{getattr(e, 'filename', None) or where}: {reason or type(e).__name__}") from None

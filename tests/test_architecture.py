@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"elegantviz": ROOT / "elegantviz", "napari_elegantviz": ROOT / "plugins" / "napari_elegantviz"}
 # lowest first; a module may import its own layer and the layers before it (ARCHITECTURE.md)
 LAYERS = [
-    ("elegantviz", "elegantviz.errors", "elegantviz.classes", "elegantviz.config", "elegantviz.autocast",
-     "elegantviz.pages"),
+    ("elegantviz", "elegantviz.errors", "elegantviz.classes", "elegantviz.values", "elegantviz.config",
+     "elegantviz.autocast", "elegantviz.pages"),
     ("elegantviz.io",),
     ("elegantviz.data", "elegantviz.losses"),
     ("elegantviz.models",),

@@ -219,6 +219,31 @@ def test_sliced_mode_and_failures(make_napari_viewer, qtbot, checkpoint, tmp_pat
         assert predict.run_button.isEnabled() and predict.progress_bar is None
 
 
+def test_a_re_predict_refreshes_replaced_layers_once_swapped_in_and_drops_removed_ones(
+        make_napari_viewer, qtbot, checkpoint, predicted_store, tmp_path):
+    """Over a predicted store the new parts are staged and swapped in at the end: their layers are
+    refreshed then (not mid-run, when the store still holds the old parts), and the evidence a
+    sliced run does not write again leaves the store and the viewer."""
+    from napari_elegantviz.viewer_layers import layer_tag
+
+    path = str(copy_store(predicted_store, tmp_path / "again.zarr"))
+    viewer = make_napari_viewer()
+    predict = open_with_dock(viewer, path, "Predict")
+    assert {"labels/pred", "maps/margin", "maps/attention"} <= set(parts_shown(viewer, path))
+    old_pred = viewer.layers["pred"]
+    inserted = []  # (part, whether the run had returned) for every layer napari inserts
+    viewer.layers.events.inserted.connect(
+        lambda event: inserted.append((layer_tag(event.value).get("part"), predict.summary is not None)))
+    start_prediction(predict, checkpoint, mode="sliced")
+    summary = wait_for(qtbot, predict)
+    assert summary["written"] == ["labels/pred", "labels/error"]
+    assert sorted(part for part, _ in inserted) == ["labels/error", "labels/pred"]
+    assert all(returned for _, returned in inserted), inserted  # none shown while the old parts were stored
+    assert set(parts_shown(viewer, path)) == {"image", "labels/gt", "labels/pred", "labels/error"}
+    assert viewer.layers["pred"] is not old_pred
+    np.testing.assert_array_equal(np.asarray(viewer.layers["pred"].data[0]), open_scene(path).label("pred").compute())
+
+
 def test_predict_progress_json_reports_errors_and_cancels_on_closed_stdin(checkpoint, tmp_path, capsys,
                                                                          monkeypatch):
     import io

@@ -91,10 +91,15 @@ def open_training_scenes(paths: list[str], label: str, what: str) -> tuple[list[
     return scenes, tables[0]
 
 
+CELL = 32  # HRNet's coarsest stride: a scene is padded to whole cells of this side
+
+
 def check_run_scenes(train: list[Scene], val: list[Scene], table: ClassTable, label: str, level: int) -> None:
     """Before the first step: validation scenes fit the training set (a 3-band validation scene
-    used to crash after the first training stretch), the level exists, and every scene has
-    labelled pixels (a scene of ignore only trained with a loss of 0.0 and no word)."""
+    used to crash after the first training stretch), the level exists, every training scene is
+    large enough for a training step (BatchNorm needs more than one value per channel at stride
+    32: a 1 x 1 scene crashed in the first forward), and every scene has labelled pixels (a
+    scene of ignore only trained with a loss of 0.0 and no word)."""
     first = train[0]
     for s in val:
         if s.shape[0] != first.shape[0]:
@@ -105,6 +110,10 @@ def check_run_scenes(train: list[Scene], val: list[Scene], table: ClassTable, la
     for s in train + val:
         if level >= s.num_levels:
             raise InputError(f"{s.url}: data.level {level} does not exist (levels 0..{s.num_levels - 1})")
+        h, w = s.image(level).shape[1:]
+        if s in train and math.ceil(h / CELL) * math.ceil(w / CELL) < 2:
+            raise InputError(f"{s.url}: {h} x {w} px at data.level {level} is too small to train on (a step needs "
+                             f"more than one {CELL} x {CELL} px cell, e.g. {2 * CELL} x {CELL} px)")
         if not has_labelled_pixel(s.label_levels(label), table.ignore_index):
             raise InputError(f"{s.url}: labels/{label} has no labelled pixel (all {table.ignore_index} = ignore); "
                              "nothing to learn or score")

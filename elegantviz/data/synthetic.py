@@ -17,7 +17,7 @@ import dask.array as da
 import numpy as np
 
 from elegantviz.classes import RIVERWORLD
-from elegantviz.errors import InputError
+from elegantviz.errors import InputError, writing
 
 CROPLAND, FOREST, BUILT, RIVER, POND = range(5)
 BANDS = ("red", "green", "blue", "nir")
@@ -130,6 +130,11 @@ class RiverworldSpec:
         return self._cache["shapes"]
 
 
+# a cell of the pond grid spans the largest clearance two ponds need: twice the largest reach
+# (oxbow: radius 90 + width 16 + 2) plus the margin (3 x the widest water, 16)
+POND_CELL = 2 * (90 + 16 + 2) + 3 * 16
+
+
 def _layout(spec: RiverworldSpec) -> tuple[list[River], list[Pond]]:
     rng = np.random.default_rng([spec.seed, 0x5CE4E])
     h, w = spec.height, spec.width
@@ -152,6 +157,7 @@ def _layout(spec: RiverworldSpec) -> tuple[list[River], list[Pond]]:
         )
     n_ponds = spec.ponds if spec.ponds is not None else max(3, round(6 * h * w / 2**20))
     ponds: list[Pond] = []
+    grid: dict[tuple[int, int], list[Pond]] = {}  # ponds by cell: only neighbouring cells can be too close
     for _ in range(n_ponds * 20):
         if len(ponds) == n_ponds:
             break
@@ -172,12 +178,23 @@ def _layout(spec: RiverworldSpec) -> tuple[list[River], list[Pond]]:
         margin = 3 * hi
         if not (pond.reach < pond.cy < h - pond.reach and pond.reach < pond.cx < w - pond.reach):
             continue
-        if any(_river_distance(r, pond.cy, pond.cx) < pond.reach + r.width + margin for r in rivers):
+        if any(_river_distance(r, pond.cy, pond.cx) < pond.reach + r.width + margin
+               for r in rivers if _may_reach(r, pond, margin)):
             continue
-        if any(math.hypot(p.cy - pond.cy, p.cx - pond.cx) < p.reach + pond.reach + margin for p in ponds):
+        cy, cx = int(pond.cy // POND_CELL), int(pond.cx // POND_CELL)
+        near = [p for dy in (-1, 0, 1) for dx in (-1, 0, 1) for p in grid.get((cy + dy, cx + dx), ())]
+        if any(math.hypot(p.cy - pond.cy, p.cx - pond.cx) < p.reach + pond.reach + margin for p in near):
             continue
         ponds.append(pond)
+        grid.setdefault((cy, cx), []).append(pond)
     return rivers, ponds
+
+
+def _may_reach(r: River, pond: Pond, margin: float) -> bool:
+    """False when the pond lies farther across from the river's band (offset +- its amplitudes)
+    than the clearance asked: the exact distance need not be computed (same answers, linear time)."""
+    across = pond.cx if r.vertical else pond.cy
+    return abs(across - r.offset) - sum(abs(a) for a in r.amps) < pond.reach + r.width + margin
 
 
 def _river_distance(r: River, y: float, x: float) -> float:
@@ -285,25 +302,42 @@ def synthesize_riverworld(
     ``elegantviz convert X.tif X.zarr --mask X_mask.tif --classes riverworld``.
     Returns the Scene, or the (image, mask) paths for GeoTIFF.
     """
-    spec = RiverworldSpec(height=height, width=width or height, seed=seed, **spec_kwargs)
-    image, labels = riverworld_arrays(spec, tile)
+    from elegantviz.io.convert import check_output, check_tile
+
     out_s = str(out)
-    if out_s.lower().endswith((".tif", ".tiff")):
-        return write_geotiff_pair(Path(out_s), image, labels, tile, overwrite, progress)
+    tif = out_s.lower().endswith((".tif", ".tiff"))
+    # the output first: a refused one costs no layout (minutes for a huge scene) and writes nothing
     if Path(out_s).suffix.lower() in (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"):
         raise InputError(f"{out_s}: synth writes a scene store (OUT.zarr) or a GeoTIFF pair (OUT.tif), not a {Path(out_s).suffix} file")
-    from elegantviz.io.convert import check_output
+    if tif:
+        for p in (Path(out_s), mask_path(Path(out_s))):
+            if p.exists() and not overwrite:
+                raise InputError(f"{p}: exists; pass --overwrite to replace it")
+    elif "://" not in out_s:
+        check_output(out_s)  # never into a plain folder: create_scene would empty it
+    check_tile(tile)
+    spec = RiverworldSpec(height=height, width=width or height, seed=seed, **spec_kwargs)
+    image, labels = riverworld_arrays(spec, tile)
+    if tif:
+        from rasterio.errors import RasterioError
+
+        with writing(out_s, also=(RasterioError,)):  # a read-only folder, a full disk: one line
+            return write_geotiff_pair(Path(out_s), image, labels, tile, overwrite, progress)
     from elegantviz.io.store import create_scene
 
-    if "://" not in out_s:
-        check_output(out_s)  # never into a plain folder: create_scene would empty it
     job = {"synthetic": "riverworld", "seed": seed}
-    scene = create_scene(out, image, bands=list(BANDS), classes=RIVERWORLD, source=f"riverworld seed={seed}",
-                         tile=tile, overwrite=overwrite, progress=progress, job=job, finalize=False)
-    if "gt" not in scene.labels:
-        scene.add_labels("gt", labels, classes=RIVERWORLD, progress=progress)
-    scene.finalize()
+    with writing(out_s):
+        scene = create_scene(out, image, bands=list(BANDS), classes=RIVERWORLD, source=f"riverworld seed={seed}",
+                             tile=tile, overwrite=overwrite, progress=progress, job=job, finalize=False)
+        if "gt" not in scene.labels:
+            scene.add_labels("gt", labels, classes=RIVERWORLD, progress=progress)
+        scene.finalize()
     return scene
+
+
+def mask_path(path: Path) -> Path:
+    """The mask beside a synthesized GeoTIFF: ``X_mask.tif``."""
+    return path.with_name(path.stem + "_mask" + path.suffix)
 
 
 def write_geotiff_pair(path: Path, image: da.Array, labels: da.Array, tile: int, overwrite: bool, progress: bool):
@@ -312,8 +346,8 @@ def write_geotiff_pair(path: Path, image: da.Array, labels: da.Array, tile: int,
     from rasterio.transform import from_origin
     from tqdm.auto import tqdm
 
-    mask_path = path.with_name(path.stem + "_mask" + path.suffix)
-    for p in (path, mask_path):
+    masks = mask_path(path)
+    for p in (path, masks):
         if p.exists() and not overwrite:
             raise InputError(f"{p}: exists; pass --overwrite to replace it")
     _, h, w = image.shape
@@ -321,7 +355,7 @@ def write_geotiff_pair(path: Path, image: da.Array, labels: da.Array, tile: int,
     profile = dict(driver="GTiff", width=w, height=h, tiled=True, blockxsize=tile, blockysize=tile,
                    compress="deflate", crs="EPSG:32615", transform=from_origin(500000, 4500000, 1.0, 1.0))
     with rasterio.open(path, "w", count=4, dtype="uint8", **profile) as dst_img, \
-            rasterio.open(mask_path, "w", count=1, dtype="uint8", **profile) as dst_mask:
+            rasterio.open(masks, "w", count=1, dtype="uint8", **profile) as dst_mask:
         dst_img.descriptions = BANDS
         blocks = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
         from rasterio.windows import Window
@@ -331,4 +365,4 @@ def write_geotiff_pair(path: Path, image: da.Array, labels: da.Array, tile: int,
             win = Window(x, y, min(tile, w - x), min(tile, h - y))
             dst_img.write(image[sl].compute(scheduler="sync"), window=win)
             dst_mask.write(labels[sl].compute(scheduler="sync"), 1, window=win)
-    return path, mask_path
+    return path, masks

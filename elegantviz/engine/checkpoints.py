@@ -9,7 +9,10 @@ sampler and random states. ``load_model`` attaches the metadata to the network, 
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +46,10 @@ class TrainedModel:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"device {name!r}: not a device (auto, cpu, cuda, cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r} asked for, but CUDA is not available here")
     return dev
@@ -66,30 +72,109 @@ class NonFiniteError(InputError):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
+    """Write to ``path.tmp`` and rename: a reader sees the old file or the new one. A write that
+    fails (read-only folder, full disk) leaves no temporary file and is one line naming ``path``."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0].split("strerror:")[-1]
+        raise InputError(f"{path}: cannot write the checkpoint ({reason.strip()}; is the disk full or read-only?)") from None
 
 
-def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """The network of a checkpoint written by `train` or `export`, on ``device``, in eval mode."""
-    path = Path(ckpt_path)
+def read_checkpoint(path: str | Path, unreadable: str = "not a readable elegantviz checkpoint") -> dict:
+    """A checkpoint as a dict, or one line saying why it cannot be read (``unreadable`` first)."""
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such checkpoint")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise InputError(f"{path}: not a readable elegantviz checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise InputError(f"{path}: not an elegantviz checkpoint (no model/config entries)")
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, ImportError, IndexError, TypeError, KeyError, UnicodeDecodeError) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{path}: {unreadable} (truncated or not a checkpoint: {text})") from None
+    if not isinstance(ck, dict) or "model" not in ck or not isinstance(ck["model"], dict):
+        raise InputError(f"{path}: not an elegantviz checkpoint (no model weights)")
+    return ck
+
+
+def build_configured(cfg: TrainConfig, num_classes: int, in_chans: int, where: str, **extra) -> torch.nn.Module:
+    """The network ``cfg.model`` names; a name or override that builds none is one line naming ``where``."""
+    overrides = {**cfg.model.overrides, **extra}
+    try:
+        return build_model(cfg.model.name, num_classes, in_chans, **overrides)
+    except KeyError as e:  # the registry's "unknown model ...; choose from ..."
+        raise InputError(f"{where}: model.name: {e.args[0] if e.args else e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{where}: model.overrides {cfg.model.overrides} build no {cfg.model.name} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def fit_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Load ``state`` into ``model``, or name what does not fit (missing, extra or reshaped weights:
+    a class table, band count or config other than the weights were trained with)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shaped = [f"{k} is {tuple(state[k].shape)}, the model's {tuple(v.shape)}" for k, v in own.items()
+              if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
+    junk = [k for k in own if k in state and not isinstance(state[k], torch.Tensor)]
+    parts = ([f"missing {', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}"] if missing else []) + \
+            ([f"unexpected {', '.join(extra[:2])}{' ...' if len(extra) > 2 else ''}"] if extra else []) + shaped[:2] + \
+            ([f"{junk[0]} is not a tensor"] if junk else [])
+    if parts:
+        raise InputError(f"{path}: its weights do not fit the model its config, classes and bands describe "
+                         f"({'; '.join(parts)})")
+    model.load_state_dict(state)  # float16 weights (export_model) are cast to the model's dtype
+
+
+def checked_norm(path: Path, norm, in_chans: int) -> Normalization:
+    """The stored normalisation: one finite mean and one finite std > 0 per band."""
+    try:
+        n = Normalization(**norm)
+        ok = (len(n.mean) == len(n.std) == in_chans and all(math.isfinite(float(v)) for v in n.mean)
+              and all(math.isfinite(float(v)) and float(v) > 0 for v in n.std))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(f"{path}: its norm must give a finite mean and a std > 0 for each of its {in_chans} "
+                         f"bands, got {norm!r:.120}")
+    return n
+
+
+def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """The network of a checkpoint written by `train` or `export`, on ``device``, in eval mode.
+
+    Everything in it is checked first, so a damaged or mismatched file is one line naming it."""
+    path = Path(ckpt_path)
+    ck = read_checkpoint(path)
+    missing = [k for k in ("config", "classes", "norm", "in_chans") if k not in ck]
+    if missing:
+        raise InputError(f"{path}: not an elegantviz checkpoint (no {', '.join(missing)})")
     cfg = config_from_dict(ck["config"], f"{path} config")
-    table = ClassTable.from_dict(ck["classes"])
-    model = build_model(cfg.model.name, table.num_classes, ck["in_chans"], **cfg.model.overrides)
-    model.load_state_dict(ck["model"])  # float16 weights (export_model) are cast to the model's dtype
+    table = ClassTable.from_dict(ck["classes"], f"{path} classes")
+    in_chans = ck["in_chans"]
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise InputError(f"{path}: in_chans must be a whole number >= 1, got {in_chans!r}")
+    norm = checked_norm(path, ck["norm"], in_chans)
+    bands = list(ck.get("bands") or [f"band {i + 1}" for i in range(in_chans)])
+    if len(bands) != in_chans:
+        raise InputError(f"{path}: names {len(bands)} bands ({', '.join(map(str, bands))}) for {in_chans} input bands")
+    bad = nonfinite_tensors({"model": ck["model"]})
+    if bad:
+        raise InputError(f"{path}: holds non-finite weights ({', '.join(bad[:3])}); the checkpoint is damaged")
+    model = build_configured(cfg, table.num_classes, in_chans, f"{path} config")
+    fit_weights(model, ck["model"], path)
     model.to(device).eval()
     meta = {k: ck[k] for k in ("iteration", "best_miou", "skipped", "log") if k in ck}
-    bands = list(ck.get("bands") or [f"band {i + 1}" for i in range(ck["in_chans"])])
-    return TrainedModel(model, table, Normalization(**ck["norm"]), cfg, bands, int(ck["in_chans"]), path, meta)
+    return TrainedModel(model, table, norm, cfg, bands, in_chans, path, meta)
 
 
 def export_model(checkpoint: str | Path, out: str | Path, half: bool = True) -> Path:
@@ -98,8 +183,9 @@ def export_model(checkpoint: str | Path, out: str | Path, half: bool = True) -> 
     ``log.jsonl`` when it sits beside the checkpoint. No optimizer, no random states: it can
     predict and be fine-tuned from, not resumed. ``load_model`` reads it as any checkpoint."""
     src = Path(checkpoint)
-    ck = torch.load(src, map_location="cpu", weights_only=False)
-    model = {k: (v.half() if half and v.is_floating_point() else v) for k, v in ck["model"].items()}
+    ck = read_checkpoint(src)
+    model = {k: (v.half() if half and isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+             for k, v in ck["model"].items()}
     bad = nonfinite_tensors({"model": model})
     if bad:
         raise NonFiniteError(f"{src}: non-finite weights after export ({', '.join(bad[:3])})")
@@ -108,6 +194,5 @@ def export_model(checkpoint: str | Path, out: str | Path, half: bool = True) -> 
     exported = {"model": model, **{k: ck[k] for k in keep if k in ck},
                 "log": log.read_text().splitlines() if log.is_file() else []}
     dst = Path(out)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     save_atomic(exported, dst)
     return dst

@@ -18,12 +18,13 @@ from elegantviz.analysis.boundaries import boundary_fscore
 from elegantviz.analysis.errors import error_map, pair_regions, parse_pairs
 from elegantviz.analysis.metrics import check_convention, confusion_matrix, summarize
 from elegantviz.analysis.regions import parse_regions, regions_path, save_regions
-from elegantviz.errors import InputError
+from elegantviz.errors import ElegantvizError, InputError, writing
 from elegantviz.io.lock import writer_lock
 from elegantviz.io.schema import GT, HARD, LABELS, MARGIN, MIN_REGION_AREA, PRED, error_name, error_table
 from elegantviz.io.store import open_scene
 
 STORED_REGIONS = 200  # per pair in the error labels' attributes; the regions file has all pair_regions lists
+MAX_TOLERANCE = 256  # px: the boundary match dilates by a disk of this radius (10⁹ asked for 10¹⁸ bytes)
 
 
 def evaluate_scene(
@@ -38,6 +39,9 @@ def evaluate_scene(
     progress: bool = True,
 ) -> dict:
     """Metrics of one scene store; see the module docstring for what is written."""
+    whole = isinstance(tolerance, (int, np.integer)) and not isinstance(tolerance, bool)
+    if not whole or not 0 <= tolerance <= MAX_TOLERANCE:
+        raise InputError(f"--tolerance must be a whole number of pixels from 0 to {MAX_TOLERANCE}, got {tolerance!r}")
     with writer_lock(path, "evaluate") if write_error_map else nullcontext():
         return _evaluate(path, pred, gt, pairs, convention, tolerance, write_error_map, min_area, progress)
 
@@ -54,7 +58,13 @@ def _evaluate(path, pred, gt, pairs, convention, tolerance, write_error_map, min
         check_convention(convention, table.names)  # before any work
     pair_ids = parse_pairs(pairs, table)
     g, p = scene.label(gt), scene.label(pred)
-    cm = confusion_matrix(g, p, table.num_classes, table.ignore_index, progress)
+    try:
+        cm = confusion_matrix(g, p, table.num_classes, table.ignore_index, progress)
+    except ElegantvizError:  # a missing or corrupt chunk, named by the store
+        raise
+    except ValueError as e:  # class ids beyond the table: labels from another table, or edited
+        raise InputError(f"{path}: labels/{pred} against labels/{gt} ({table.name}, {table.num_classes} classes): "
+                         f"{e}") from None
     report = {"scene": str(path), "pred": pred, "gt": gt, **summarize(cm, table.names, convention)}
     report["boundary"] = boundary_fscore(g, p, tolerance, table.ignore_index, progress)
     report["confusion_matrix"] = cm.tolist()
@@ -74,6 +84,33 @@ def _evaluate(path, pred, gt, pairs, convention, tolerance, write_error_map, min
             regions = parse_regions([r for e in report["pairs"] for r in e["regions"]], origin=str(path))
             report["regions_file"] = str(save_regions(regions_path(path, pred), regions))
     return report
+
+
+def evaluate_scenes(scenes: list[str], out_dir: str | Path, overwrite: bool = False, **options):
+    """`elegantviz evaluate`: (report, report.json, figure) per scene, into ``out_dir`` (one
+    subfolder per scene when there are several). Every scene is opened and every report folder
+    checked before the first is evaluated, so a bad second input costs no work and writes nothing."""
+    outs = [Path(out_dir) / Path(p).stem if len(scenes) > 1 else Path(out_dir) for p in scenes]
+    for out in outs:
+        check_report_folder(out, overwrite)
+    for p in scenes:
+        open_scene(p)
+    for p, out in zip(scenes, outs):
+        with writing(p):
+            report = evaluate_scene(p, **options)
+        with writing(out):
+            yield (report, *write_report(report, out))
+
+
+def check_report_folder(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Where a report may go: a folder (or a new path) without an earlier report, unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file, not a folder for the report")
+    if (out / "report.json").exists() and not overwrite:
+        raise InputError(f"{out / 'report.json'}: exists (an earlier evaluation); pass --overwrite to replace it, "
+                         "or another --out")
+    return out
 
 
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:

@@ -15,19 +15,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyogrio.errors
 import shapely
 from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import shape
 
 from elegantviz.analysis.regions import EIGHT, Region, load_regions, regions_in_store, regions_path
-from elegantviz.errors import InputError
+from elegantviz.errors import InputError, writing
 from elegantviz.io.cog import write_cog
 from elegantviz.io.polygons import DRIVERS, Layer, label_polygons, write_layer
 from elegantviz.io.schema import LABELS, PRED, error_name
 from elegantviz.io.store import open_scene
 
 RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+def export_scene(source: str, out: str | None, labels: str = PRED, regions: bool = False, pred: str = PRED,
+                 classes: str | None = None, simplify: float = 0.0, overwrite: bool = False,
+                 progress: bool = True) -> tuple[Path, str]:
+    """`elegantviz export SCENE`: labels (``classes``: comma-separated names) or, with
+    ``regions``, an evaluation's confusion regions, into ``out``; (path, note)."""
+    if not out:
+        raise InputError(f"{source}: give the file to write with --out (.tif, .gpkg or .geojson)")
+    names = None if classes is None else [c for c in classes.split(",") if c.strip()]
+    if regions and names is not None:
+        raise InputError("--classes is for --labels; --regions writes every confusion pair")
+    if names == []:
+        raise InputError(f"--classes {classes!r} names no class; e.g. --classes river,pond")
+    with writing(out, also=(pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)):
+        if regions:
+            return export_regions(source, pred, out, simplify, overwrite, progress)
+        return export_labels(source, labels, out, names, simplify, overwrite, progress)
 
 
 def georeference_note(scene) -> str:
@@ -51,6 +70,8 @@ def export_labels(scene_path: str | Path, labels: str, out: str | Path, classes:
     if suffix in RASTER_SUFFIXES:
         if classes:
             raise InputError("--classes applies to polygons (.gpkg, .geojson); a GeoTIFF holds every class")
+        if simplify:
+            raise InputError("--simplify applies to polygons (.gpkg, .geojson); a GeoTIFF keeps every pixel")
         return write_cog(out, data, table, scene.crs, scene.transform, overwrite, progress), georeference_note(scene)
     if table is None:
         raise InputError(f"{scene_path}: {LABELS}/{labels} has no class table to name the polygons")

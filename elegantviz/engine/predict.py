@@ -11,8 +11,11 @@ logits, for baselines) writes only the labels and the error map. How the network
 inference strategy (:mod:`elegantviz.inference`); this module handles the store.
 
 The network's outputs are first cached at feature resolution in the store's ``_predict``
-group; every part is then written block by block from that cache, so an interrupted run
-resumes without running the network again, and readers never see half-written parts. The keys
+group; every part is then written block by block from that cache: a new part in place (a viewer
+shows it as soon as it is finished), one that replaces a finished part beside it
+(``_predict/<name>/staged``), swapped in at once when all are finished (:mod:`elegantviz.io.swap`).
+An interrupted run resumes without running the network again, and a reader, even one holding
+the old parts as a napari layer does, sees the old part or the new one, never a missing chunk. The keys
 and queries (256 float32 + 256 float16 per feature pixel, 4.7 GB at 6800x7200) are only ever read from
 the cache lazily, and tiled prediction streams them there tile by tile.
 """
@@ -20,6 +23,7 @@ the cache lazily, and tiled prediction streams them there tile by tile.
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +42,8 @@ from elegantviz.io.pyramid import upsample_nearest
 from elegantviz.io.store import Scene, open_scene
 
 PREDICTED = "predicted_by"  # labels predict wrote carry the strategy's job; it may replace those
+RUN = "run"  # every part a run writes carries its id: the parts it has swapped in already, after a resume
+STAGED = "staged"  # the parts of a run, written below its cache before they are swapped in
 STREAMED = (S.KEYS, S.QUERIES)  # (d, h, w) at feature resolution: kept on disk, never read whole
 
 
@@ -63,7 +69,7 @@ def _cache_outputs(scene: Scene, name: str, pred: Prediction, job: dict) -> None
             setattr(pred, key, array)  # from here on read from the cache: the in-memory copy can go
         elif isinstance(value, np.ndarray):
             group.create_array(key, data=value, overwrite=True)
-    group.attrs[S.KEY] = {"complete": True, **pred.scalars(), "job": job}
+    group.attrs[S.KEY] = {"complete": True, **pred.scalars(), "job": job, RUN: uuid.uuid4().hex}
 
 
 def _cached(scene: Scene, name: str, job: dict) -> Prediction | None:
@@ -145,9 +151,9 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     pred = _cached(scene, name, job)
     cached = pred is not None
     if pred is None:
-        # a new forward pass: nothing an earlier run wrote may be kept or resumed beside it
-        for kind, part in parts:
-            scene.remove(kind, part)
+        for kind, part in parts:  # half-written parts of an earlier run go (no reader can open them)
+            if scene.staged_meta(kind, part, "").get("complete") is not True:
+                scene.remove(kind, part)
         image, valid = trained.norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
         # streamed maps go straight into the cache: incomplete until _cache_outputs, so discarded if interrupted
         chunk = map_tile(scene.tile, trained.output_stride)
@@ -165,43 +171,64 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     forward_s = time.perf_counter() - started
     shape = scene.shape[1:]
     tile = scene.tile
+    # a part that replaces a finished one is written beside it first, and all are swapped in at the
+    # end (io/swap.py): a reader holding the old parts (a napari layer) never sees missing chunks.
+    # A new part (or a half-written one of this run) is written in place: a viewer shows it at once
+    run = scene.scratch(name).attrs[S.KEY]["run"]
+    under, tag = f"{S.CACHE_GROUP}/{name}/{STAGED}/", {RUN: run}
+    labels = da.from_array(pred.labels, chunks=tile)
     written: list[str] = []
 
+    def swapped(kind: str, part: str) -> bool:  # one attribute read, not a listing of every part (S3)
+        final = scene.staged_meta(kind, part, "")
+        return final.get("complete") is True and final.get(RUN) == run
+
     def put(kind: str, part: str, write) -> None:
-        """Write one part; after an interruption keep the parts that were finished."""
+        """Write one part (below ``under`` when it replaces a finished one), unless this run wrote
+        it before an interruption."""
         stage(S.part_path(kind, part))
         stages["done"] += 1
-        if not (cached and part in (scene.labels if kind == S.LABELS else scene.maps)):
-            write()
+        final, staged = scene.staged_meta(kind, part, ""), scene.staged_meta(kind, part, under)
+        if not (swapped(kind, part) or (staged.get("complete") is True and staged.get(RUN) == run)):
+            write(under if final.get("complete") is True else "")
         written.append(S.part_path(kind, part))
 
-    put(S.LABELS, name, lambda: scene.add_labels(name, da.from_array(pred.labels, chunks=tile), classes=table,
-                                                  progress=progress, attrs={PREDICTED: job}))
+    put(S.LABELS, name, lambda where: scene.add_labels(name, labels, classes=table, progress=progress,
+                                                  attrs={PREDICTED: job, **tag}, under=where))
     if pred.has_evidence:
         s = pred.stride
-        put(S.MAPS, S.MARGIN, lambda: scene.add_map(
+        put(S.MAPS, S.MARGIN, lambda where: scene.add_map(
             S.MARGIN, upsample_nearest(pred.margin, s, shape, tile), progress=progress,
-            attrs={"kind": S.MARGIN, "stride": s}))
-        put(S.LABELS, S.HARD, lambda: scene.add_labels(
-            S.HARD, upsample_nearest(pred.hard, s, shape, tile), classes=S.hard_table(), progress=progress))
-        put(S.MAPS, S.BOUNDARY, lambda: scene.add_map(
-            S.BOUNDARY, sobel_map(scene.label(name), cfg.loss.sobel_ksize), progress=progress,
-            attrs={"kind": S.BOUNDARY, "of": S.part_path(S.LABELS, name)}))
+            attrs={"kind": S.MARGIN, "stride": s, **tag}, under=where))
+        put(S.LABELS, S.HARD, lambda where: scene.add_labels(
+            S.HARD, upsample_nearest(pred.hard, s, shape, tile), classes=S.hard_table(), progress=progress,
+            attrs=tag, under=where))
+        put(S.MAPS, S.BOUNDARY, lambda where: scene.add_map(
+            S.BOUNDARY, sobel_map(labels, cfg.loss.sobel_ksize), progress=progress,
+            attrs={"kind": S.BOUNDARY, "of": S.part_path(S.LABELS, name), **tag}, under=where))
         if pred.has_attention:
             for key in STREAMED:
-                put(S.MAPS, key, lambda key=key: scene.add_map(
+                put(S.MAPS, key, lambda where, key=key: scene.add_map(
                     key, da.from_zarr(getattr(pred, key)), dtype=STORED_DTYPES[key], progress=progress,
                     tile=map_tile(tile, s),
-                    attrs={"kind": key, "stride": s, "relative_to_uniform": key == S.KEYS}))
-            put(S.MAPS, S.ATTENTION, lambda: scene.add_map(
+                    attrs={"kind": key, "stride": s, "relative_to_uniform": key == S.KEYS, **tag}, under=where))
+            put(S.MAPS, S.ATTENTION, lambda where: scene.add_map(
                 S.ATTENTION, upsample_nearest(pred.attention, s, shape, tile), dtype=STORED_DTYPES[S.ATTENTION],
                 progress=progress,
-                attrs={"kind": S.ATTENTION, "of": "hard region", "stride": s, "relative_to_uniform": True}))
+                attrs={"kind": S.ATTENTION, "of": "hard region", "stride": s, "relative_to_uniform": True, **tag},
+                under=where))
     if has_gt:
         pair_ids = pairs_ids
-        put(S.LABELS, err, lambda: scene.add_labels(
-            err, error_map(scene.label(S.GT), scene.label(name), pair_ids), classes=S.error_table(pair_ids, table),
-            progress=progress))
+        put(S.LABELS, err, lambda where: scene.add_labels(
+            err, error_map(scene.label(S.GT), labels, pair_ids), classes=S.error_table(pair_ids, table),
+            progress=progress, attrs=tag, under=where))
+    for path in written:
+        kind, part = path.split("/")
+        if not swapped(kind, part):
+            scene.swap_in(kind, part, under)
+    for kind, part in parts:  # what described the old labels/<name> and this run does not replace
+        if S.part_path(kind, part) not in written:
+            scene.remove(kind, part)
     stage("done")
     scene.drop_scratch(name)
     return {"scene": str(scene_path), "mode": mode, "forward_s": forward_s,

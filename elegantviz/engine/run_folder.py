@@ -9,11 +9,9 @@ change), and a truncated or foreign file is one line, not a traceback.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import json
+import os
 from pathlib import Path
-
-import torch
 
 from elegantviz.errors import InputError
 
@@ -39,18 +37,6 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         (out / name).unlink()
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint as a dict, or one line saying why it cannot be read."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise InputError(f"{path}: cannot read the checkpoint (truncated or not a checkpoint: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise InputError(f"{path}: not an elegantviz checkpoint (no model weights)")
-    return ck
-
-
 def check_resumable(path: Path, ck: dict, state: dict) -> None:
     """The checkpoint was written by this run: same config (but ``MAY_CHANGE``), classes, bands."""
     missing = [k for k in ("optimizer", "scheduler", "sampler", "rng", "iteration", "config") if k not in ck]
@@ -62,3 +48,24 @@ def check_resumable(path: Path, ck: dict, state: dict) -> None:
     if differ:
         raise InputError(f"{path}: written by another run ({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''} "
                          "differ); resume with the config that wrote it, or start a new run in another --out")
+
+
+def trim_log(out: Path, iteration: int) -> None:
+    """Keep the log records of the iterations up to ``iteration`` (the checkpoint resumed from):
+    the steps after it are redone and logged again, so the log reads as one uninterrupted run.
+    A line torn by a kill is dropped with them. Rewritten atomically (a temporary file, renamed)."""
+    log = out / "log.jsonl"
+    if not log.exists():
+        return
+    kept = []
+    for line in log.read_text().splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break  # the kill tore this line; nothing after it was written
+        if not isinstance(record, dict) or not isinstance(record.get("iter"), int) or record["iter"] > iteration:
+            break
+        kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = log.with_name(log.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log)

@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -38,9 +39,9 @@ from elegantviz.config import TrainConfig, save_config
 from elegantviz.data.datasets import Normalization, SceneSampler, check_run_scenes, open_training_scenes
 from elegantviz.errors import InputError
 from elegantviz.losses import elegantseg_loss
-from elegantviz.engine.checkpoints import NonFiniteError, nonfinite_tensors, pick_device, save_atomic
-from elegantviz.engine.run_folder import check_resumable, prepare_run_folder, read_checkpoint
-from elegantviz.models.registry import build_model
+from elegantviz.engine.checkpoints import (NonFiniteError, build_configured, nonfinite_tensors, pick_device,
+                                           read_checkpoint, save_atomic)
+from elegantviz.engine.run_folder import check_resumable, prepare_run_folder, trim_log
 from elegantviz.offload import MemoryMeter, Policy, mmap_large_allocations, parse_size, plan
 
 
@@ -120,10 +121,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        overrides = dict(cfg.model.overrides)
-        if cfg.model.pretrained:
-            overrides["pretrained"] = True
-        self.model = build_model(cfg.model.name, self.table.num_classes, self.in_chans, **overrides).to(self.device)
+        extra = {"pretrained": True} if cfg.model.pretrained else {}
+        self.model = build_configured(cfg, self.table.num_classes, self.in_chans, "config", **extra).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, cfg))
         self.sampler = SceneSampler(self.train_scenes, self.norm, d.label, d.mode, d.crop_size, d.level, d.flips,
@@ -147,6 +146,8 @@ class Trainer:
         """The configured policy, or with 'auto' the cheapest that fits the budget (measured on a
         small dry run and extrapolated to the largest sample); refuses before training if none fits."""
         mem = self.cfg.memory
+        if mem.spill_dir and Path(mem.spill_dir).exists() and not Path(mem.spill_dir).is_dir():
+            raise InputError(f"memory.spill_dir {mem.spill_dir}: is a file, not a folder to spill into")
         if mem.policy != "auto":
             try:
                 return Policy.from_name(mem.policy, spill_dir=mem.spill_dir, threshold_bytes=parse_size(mem.threshold))
@@ -196,10 +197,18 @@ class Trainer:
         return path
 
     def resume(self, path: Path | None = None) -> None:
+        """Continue from ``last.pt``; a run killed before its first checkpoint starts over (there is
+        nothing to lose: no weights were written). Log records after the checkpoint are dropped."""
         path = path or self.out / "last.pt"
         if not path.exists():
+            if path.parent == self.out and (self.out / "log.jsonl").exists():
+                print(f"{path}: no checkpoint yet (killed before the first); starting the run from iteration 0",
+                      file=sys.stderr)
+                (self.out / "best.pt").unlink(missing_ok=True)
+                trim_log(self.out, 0)
+                return
             raise InputError(f"{path}: nothing to resume from")
-        ck = read_checkpoint(path)
+        ck = read_checkpoint(path, "cannot read the checkpoint")
         check_resumable(path, ck, self.state())
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -209,6 +218,7 @@ class Trainer:
         self.iteration, self.best_miou = ck["iteration"], ck["best_miou"]
         self.skipped = ck.get("skipped", 0)
         self.last_good = path
+        trim_log(self.out, self.iteration)
 
     # steps ------------------------------------------------------------------------------------
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,4 +405,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
     trainer = Trainer(cfg, progress)
     if resume:
         trainer.resume()
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except OSError as e:  # the run folder (or the spill folder) is read-only, full or gone
+        raise InputError(f"{e.filename or cfg.out_dir}: cannot write the run ({e.strerror or e})") from None

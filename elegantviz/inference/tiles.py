@@ -247,8 +247,8 @@ class HaloTiles:
 
     def __post_init__(self):
         if not isinstance(self.tile, int) or self.tile < 2 * ALIGN:
-            raise InputError(f"tile must be a whole number of pixels >= {2 * ALIGN} (tiles are multiples of "
-                             f"{ALIGN} px), got {self.tile!r}")
+            raise InputError(f"--tile: tile must be a whole number of pixels >= {2 * ALIGN} (tiles are multiples "
+                             f"of {ALIGN} px), got {self.tile!r}")
 
     def job(self) -> dict:
         return {"mode": "holistic", "tile": self.tile}

@@ -50,6 +50,19 @@ class BlockLedger:
             del self.root[PROGRESS_GROUP]
 
 
+def drop_ledgers(root: zarr.Group, prefix: str) -> None:
+    """Forget the finished blocks of every array under ``prefix`` (a part being rewritten or removed)."""
+    if PROGRESS_GROUP not in root:
+        return
+    progress = root[PROGRESS_GROUP]
+    stem = prefix.strip("/").replace("/", ".") + "."
+    for key in list(progress.array_keys()):
+        if key.startswith(stem):
+            del progress[key]
+    if not list(progress.keys()):
+        del root[PROGRESS_GROUP]
+
+
 def write_blockwise(
     source: da.Array,
     root: zarr.Group,

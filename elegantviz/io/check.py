@@ -19,10 +19,12 @@ import zarr
 from elegantviz.errors import ElegantvizError
 from elegantviz.io.blocks import run_threaded
 from elegantviz.io.manifest import (MANIFEST, METADATA_FILE, array_prefix, chunk_index, chunk_region, grid_of,
-                                    listed_keys, metadata_mismatch, present_chunks, short_error)
+                                    listed_keys, metadata_mismatch, present_chunks, record_problem, short_error)
 from elegantviz.io.pyramid import level_shapes
 from elegantviz.io.schema import KEY, LABELS, MAPS
-from elegantviz.io.store import open_scene
+from elegantviz.io.store import Scene, open_scene
+from elegantviz.io.validate import (BROKEN, crs_of, dataset_paths, map_problem, node, part_names, part_state,
+                                    problem_text, validate_root)
 
 IMAGE = "image"
 
@@ -73,27 +75,43 @@ class _Level:
 def check_scene(url: str, progress: bool = True) -> CheckReport:
     """Every problem of the scene store at ``url`` (its ``problems``), and what was looked at."""
     report = CheckReport(str(url))
+    add = report.problems.append
     try:
         scene = open_scene(url, allow_incomplete=True)
     except ElegantvizError as e:
-        text = str(e)
-        report.problems.append(Problem(report.url, "", text.removeprefix(f"{report.url}: ")))
-        return report
-    add = report.problems.append
+        scene = _opened_for_check(report.url)  # a damaged level: looked at one by one below
+        if scene is None:
+            add(Problem(report.url, "", problem_text(e, report.url)))
+            return report
     root = scene.root
-    parts = [(IMAGE, "", root, scene.complete)]
+    try:
+        crs_of(scene.crs, report.url)
+    except ElegantvizError as e:
+        add(Problem(report.url, "", problem_text(e, report.url)))
+    parts, groups = [(IMAGE, "", root, scene.complete)], {}
     for kind in (LABELS, MAPS):
-        if kind in root:
-            for name in sorted(root[kind].group_keys()):
-                group = root[f"{kind}/{name}"]
-                parts.append((f"{kind}/{name}", f"{kind}/{name}", group, bool(group.attrs.get(KEY, {}).get("complete"))))
+        names = part_names(root, kind)
+        try:
+            groups[kind] = node(root, kind, report.url, kind, array=False) if names else None
+        except ElegantvizError as e:
+            add(Problem(report.url, "", problem_text(e, report.url)))
+        for name in names:
+            try:
+                complete = part_state(root, kind, name, report.url)
+            except ElegantvizError as e:
+                add(Problem(report.url, "", problem_text(e, report.url)))
+                continue
+            if complete is not None:
+                parts.append((f"{kind}/{name}", f"{kind}/{name}", root[f"{kind}/{name}"], complete))
     report.parts = len(parts)
-    if LABELS in root:
-        for name in root[LABELS].attrs.get("ome", {}).get("labels", []):
-            if f"{LABELS}/{name}" not in root:
-                add(Problem(report.url, f"{LABELS}/{METADATA_FILE}", f"lists labels {name!r}, which is not there"))
+    listing = _attr(groups[LABELS], "ome").get("labels", []) if groups.get(LABELS) is not None else []
+    for name in listing if isinstance(listing, list) else [listing]:
+        if name not in part_names(root, LABELS):
+            add(Problem(report.url, f"{LABELS}/{METADATA_FILE}", f"lists labels {name!r}, which is not there"))
     job = scene.meta.get("job") or {}
-    image_truth: dict | None = {"shape": job["shape"]} if "shape" in job else None  # until the image's own
+    shape = job.get("shape")
+    sized = isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)
+    image_truth: dict | None = {"shape": shape} if sized else None  # until the image's own
     unrecorded, tasks = [], []
     for part, prefix, group, complete in parts:
         if not complete:
@@ -104,7 +122,7 @@ def check_scene(url: str, progress: bool = True) -> CheckReport:
         if found is None:
             continue
         levels, n_levels = found
-        if not (group.attrs.get(KEY, {}) or {}).get(MANIFEST):
+        if not _attr(group, KEY).get(MANIFEST):
             unrecorded.append(part)
         first = levels[0] if levels and levels[0].k == 0 else None
         if part == IMAGE and first:
@@ -112,6 +130,10 @@ def check_scene(url: str, progress: bool = True) -> CheckReport:
             _check_image(report, first, job)
         elif part.startswith(LABELS) and first and image_truth is not None:
             _check_labels(report, first, image_truth)
+        elif part.startswith(MAPS) and first and image_truth is not None:
+            wrong = map_problem(first.truth["shape"], image_truth["shape"], _attr(group, KEY).get("stride", 1))
+            if wrong:
+                add(Problem(report.url, first.path, wrong))
         _check_pyramid(report, levels, n_levels)
         for level in levels:
             tasks += _check_chunks(report, level)
@@ -133,15 +155,32 @@ def check_scene(url: str, progress: bool = True) -> CheckReport:
     return report
 
 
+def _opened_for_check(url: str) -> Scene | None:
+    """The store with its root attributes checked but not its levels; None when even those fail."""
+    try:
+        root = zarr.open_group(url, mode="r")
+        validate_root(root, url, levels=False)
+    except (ElegantvizError, FileNotFoundError, *BROKEN):
+        return None
+    return Scene(root, url)
+
+
+def _attr(group: zarr.Group, key: str) -> dict:
+    value = group.attrs.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _part_levels(report: CheckReport, part: str, prefix: str, group: zarr.Group) -> tuple[list[_Level], int] | None:
     add = report.problems.append
     try:
-        datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
-        paths = [str(d["path"]) for d in datasets]
-    except (KeyError, IndexError, TypeError):
-        add(Problem(report.url, part, "has no readable OME multiscales metadata"))
+        paths = dataset_paths(group.attrs, report.url, part)
+    except ElegantvizError as e:
+        add(Problem(report.url, "", problem_text(e, report.url)))
         return None
-    manifest = (group.attrs.get(KEY, {}) or {}).get(MANIFEST) or {}
+    manifest = _attr(group, KEY).get(MANIFEST)
+    if manifest is not None and not (isinstance(manifest, dict) and manifest):
+        add(Problem(report.url, part, f"has a manifest without records ({manifest!r:.40})"))
+    manifest = manifest if isinstance(manifest, dict) else {}
     levels = []
     for k, path in enumerate(paths):
         where = f"{prefix}/{path}" if prefix else path
@@ -158,7 +197,10 @@ def _part_levels(report: CheckReport, part: str, prefix: str, group: zarr.Group)
             continue
         record = manifest.get(path)
         said = {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
-        if manifest and record is None:
+        if record is not None and record_problem(record):
+            add(Problem(report.url, where, f"has a manifest record that {record_problem(record)}"))
+            record = None
+        elif manifest and record is None:
             add(Problem(report.url, where, f"is not in the manifest of {part}"))
         elif record is not None:
             wrong = metadata_mismatch(array, record)
@@ -166,6 +208,9 @@ def _part_levels(report: CheckReport, part: str, prefix: str, group: zarr.Group)
                 add(Problem(report.url, f"{where}/{METADATA_FILE}", f"disagrees with the manifest: it says {wrong}"))
         truth = {k: record[k] for k in said} if record is not None else said
         levels.append(_Level(part, k, where, array, record, truth))
+    for extra in sorted(set(manifest) - set(paths)):
+        add(Problem(report.url, part, f"has a manifest record of level {extra!r}, which its OME multiscales do "
+                                      "not list"))
     return levels, len(paths)
 
 

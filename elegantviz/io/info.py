@@ -8,14 +8,14 @@ import numpy as np
 
 from elegantviz.io.blocks import map_blocks_collect
 from elegantviz.io.store import Scene
+from elegantviz.io.validate import crs_of
 
 
-def crs_name(wkt: str | None) -> str:
-    if not wkt:
+def crs_name(wkt: str | None, url: str = "scene store") -> str:
+    """'EPSG:32614 (WGS 84 / UTM zone 14N)'; a CRS that does not parse is one line naming ``url``."""
+    crs = crs_of(wkt, url)
+    if crs is None:
         return "none (not georeferenced)"
-    from rasterio.crs import CRS
-
-    crs = CRS.from_wkt(wkt)
     epsg = crs.to_epsg()
     name = wkt.split('"')[1] if '"' in wkt else "custom"
     return f"EPSG:{epsg} ({name})" if epsg else name
@@ -45,7 +45,7 @@ def scene_info(scene: Scene, histograms: bool = True, progress: bool = True) -> 
         "dtype": str(scene.dtype),
         "bands": scene.bands,
         "nodata": None if nodata is None else ("NaN" if math.isnan(nodata) else nodata),
-        "crs": crs_name(scene.crs),
+        "crs": crs_name(scene.crs, scene.url),
         "transform": scene.transform,
         "classes": scene.classes.name if scene.classes else None,
         "levels": [

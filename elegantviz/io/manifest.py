@@ -4,21 +4,25 @@ zarr does not write a chunk that equals the fill value, so an absent chunk file 
 an error; a chunk that was written and is gone since is. When a part (the image pyramid, a
 ``labels/<name>``, a ``maps/<name>``) is finished, its ``elegantviz`` attributes get a
 ``manifest``: for each array of the part (``"0"``, ``"1"``, ... relative to the part) the shape,
-dtype and chunk shape it was written with and a bitmap over its chunk grid, 1 where a chunk
-file exists, packed 8 chunks a byte, zlib-compressed and base64-encoded. A 20,000 x 20,000
+dtype, chunk shape, fill value, codecs and chunk key encoding it was written with (everything in
+its ``zarr.json`` that changes what a read returns) and a bitmap over its chunk grid, 1 where a
+chunk file exists, packed 8 chunks a byte, zlib-compressed and base64-encoded. A 20,000 x 20,000
 four-band scene in 512 px chunks has 40 x 40 x 4 chunks at level 0: at most 800 bytes raw
 (about 1 kB of text), a few dozen characters when every chunk is there.
 
 Reads of a part with a manifest (:func:`checked_dask`) check that a chunk the manifest lists and
-which reads as the fill value still exists, and name a chunk that does not decode, instead of
-handing out the fill value or a codec's traceback. Stores written before the manifest read as
+which reads as the fill value still exists, that a chunk it does not list still reads as the fill
+value (no file appeared there since), and name a chunk that does not decode, instead of handing
+out the fill value, someone else's data or a codec's traceback. Stores written before the manifest read as
 before (only a chunk that fails to decode is named).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import itertools
+import json
 import math
 import zlib
 from typing import Any
@@ -33,6 +37,7 @@ from elegantviz.io.schema import KEY
 
 MANIFEST = "manifest"  # the entry of a part's elegantviz attributes
 METADATA_FILE = "zarr.json"
+READ_AS = ("fill_value", "codecs", "chunk_key_encoding")  # zarr.json entries recorded as written, beside shape
 
 
 # --- chunk keys ---------------------------------------------------------------------------------
@@ -93,9 +98,21 @@ def encode_bits(present: np.ndarray) -> str:
 
 
 def decode_bits(text: str, grid: tuple[int, ...]) -> np.ndarray:
-    raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.uint8)
+    """The bitmap ``encode_bits`` wrote; ValueError when the text is not one for this grid."""
+    try:
+        raw = np.frombuffer(zlib.decompress(base64.b64decode(text, validate=True)), np.uint8)
+    except (binascii.Error, zlib.error, TypeError) as e:
+        raise ValueError(f"its chunk bitmap does not decode ({type(e).__name__})") from None
     n = int(np.prod(grid, dtype=np.int64))
+    if raw.size != -(-n // 8):
+        raise ValueError(f"its chunk bitmap holds {raw.size * 8} bits for {n} chunks")
     return np.unpackbits(raw)[:n].astype(bool).reshape(grid)
+
+
+def read_as(array: zarr.Array) -> dict:
+    """The entries of READ_AS in the array's metadata, as JSON values (NaN fill as "NaN")."""
+    meta = array.metadata.to_dict()
+    return {k: json.loads(json.dumps(meta.get(k), default=str)) for k in READ_AS}
 
 
 def array_record(array: zarr.Array) -> dict:
@@ -106,7 +123,7 @@ def array_record(array: zarr.Array) -> dict:
         index = chunk_index(array, key)
         if index is not None and len(index) == len(grid) and all(i < g for i, g in zip(index, grid)):
             present[index] = True
-    return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks),
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks), **read_as(array),
             "written": int(present.sum()), "present": encode_bits(present)}
 
 
@@ -120,12 +137,39 @@ def present_chunks(record: dict) -> np.ndarray:
     return decode_bits(record["present"], grid_of(record["shape"], record["chunks"]))
 
 
+def record_problem(record: object) -> str | None:
+    """What makes a manifest record unusable (a wrong type, a bitmap that does not fit), or None."""
+    if not isinstance(record, dict):
+        return f"is {type(record).__name__}, not a record"
+    shape, chunks = record.get("shape"), record.get("chunks")
+    for key, value in (("shape", shape), ("chunks", chunks)):
+        if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                for v in value)):
+            return f"has {key} {value!r}, not a list of sizes"
+    if len(shape) != len(chunks) or 0 in chunks:
+        return f"has chunks {chunks} for shape {shape}"
+    if not isinstance(record.get("dtype"), str):
+        return f"has dtype {record.get('dtype')!r}"
+    written = record.get("written")
+    try:
+        count = int(decode_bits(record.get("present"), grid_of(shape, chunks)).sum())  # type: ignore[arg-type]
+    except ValueError as e:
+        return str(e)
+    if written is not None and written != count:
+        return f"says {written!r} chunks were written, its bitmap {count}"
+    return None
+
+
 def metadata_mismatch(array: zarr.Array, record: dict) -> str | None:
-    """How the array's ``zarr.json`` disagrees with what was written, or None."""
+    """How the array's ``zarr.json`` disagrees with what was written, or None. Stores written
+    before fill value and codecs were recorded are compared on shape, dtype and chunks."""
     said = {"shape": list(array.shape), "dtype": str(array.dtype), "chunks": list(array.chunks)}
-    wrong = [f"{k} {said[k]}, written as {record.get(k)}" for k in ("shape", "dtype", "chunks")
-             if said[k] != record.get(k)]
-    return "; ".join(wrong) if wrong else None
+    wrong = [k for k in said if said[k] != record.get(k)]
+    if not wrong:  # a dtype edit changes the codecs too: name the cause alone
+        said.update({k: v for k, v in read_as(array).items() if k in record})
+        wrong = [k for k in said if said[k] != record.get(k)]
+    text = "; ".join(f"{k} {json.dumps(said[k])}, written as {json.dumps(record.get(k))}" for k in wrong)
+    return text.replace('"', "") if wrong else None
 
 
 def damaged(url: str, what: str, problem: str, detail: str = "") -> InputError:
@@ -185,19 +229,21 @@ class CheckedArray:
     def check_fill_chunks(self, region: tuple, indices: list[tuple[int, ...]], out: np.ndarray) -> None:
         """A missing chunk reads as the fill value, and zarr does not write all-fill chunks, so only
         the chunks that read as fill alone need asking whether the store still has them: no
-        request per chunk on the hot path (a viewer's tiles), one per all-fill chunk."""
+        request per chunk on the hot path (a viewer's tiles), one per all-fill chunk. A chunk the
+        part never wrote must read as fill: anything else is a file that appeared since."""
         region = tuple(region) + (slice(None),) * (self.ndim - len(region))
         starts = [sel.indices(n)[0] if isinstance(sel, slice) else int(sel) for sel, n in zip(region, self.shape)]
         fill = self.array.fill_value
         nan_fill = np.issubdtype(np.asarray(fill).dtype, np.floating) and bool(np.isnan(fill))
         for index in indices:
-            if not self.present[index]:
-                continue
             local = tuple(slice(max(0, r.start - o), max(0, r.stop - o))
                           for r, o in zip(chunk_region(index, self.shape, self.chunks), starts))
             part = out[local] if out.ndim == len(local) else out
             is_fill = np.isnan(part).all() if nan_fill else (part == fill).all()
-            if is_fill and not key_exists(self.array, chunk_key(self.array, index)):
+            if not self.present[index] and not is_fill:
+                raise damaged(self.url, self.what(index), "holds data its part never wrote (a chunk file that "
+                                                          "appeared after the part was finished)")
+            if self.present[index] and is_fill and not key_exists(self.array, chunk_key(self.array, index)):
                 raise damaged(self.url, self.what(index), "is missing")
 
 
@@ -216,8 +262,3 @@ def checked_dask(array: zarr.Array, url: str, record: dict | None, image: bool =
     return da.from_array(source, chunks=chunks or array.chunks, asarray=False, fancy=False,
                          inline_array=inline_array, meta=np.empty((0,) * array.ndim, array.dtype))
 
-
-def checked_level(group: zarr.Group, level: int, url: str, image: bool, **kw: Any) -> da.Array:
-    """Level ``level`` of a part's group, checked against the manifest in the group's attributes."""
-    record = (group.attrs.get(KEY, {}).get(MANIFEST) or {}).get(str(level))
-    return checked_dask(group[str(level)], url, record, image=image, **kw)

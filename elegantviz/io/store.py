@@ -22,10 +22,14 @@ from elegantviz import __version__
 from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import IncompleteSceneError, InputError, SceneStoreError
 from elegantviz.io.bands import NATURAL, choose_bands, stored_windows
-from elegantviz.io.manifest import MANIFEST, checked_level, part_manifest
+from elegantviz.io.blocks import drop_ledgers
+from elegantviz.io.manifest import MANIFEST, part_manifest, short_error
 from elegantviz.io.ngff import (from_json_number, image_label, json_number, list_label, multiscales, omero_channels,
                                 write_pyramid)
-from elegantviz.io.schema import CACHE_GROUP, KEY, LABELS, MAPS, NGFF_VERSION, PROGRESS_GROUP, check_part_name, part_path
+from elegantviz.io.schema import CACHE_GROUP, KEY, LABELS, MAPS, NGFF_VERSION, check_part_name, part_path
+from elegantviz.io.swap import replace_group
+from elegantviz.io.validate import BROKEN, crs_of, part_levels, part_state, part_states, read_level, validate_root
+from elegantviz.io.validate import part_meta as checked_part_meta
 
 DEFAULT_TILE = 512
 
@@ -73,9 +77,11 @@ class Scene:
     def bands(self) -> list[str]:
         return list(self.meta["bands"])
 
-    @property
+    @cached_property
     def crs(self) -> str | None:
-        return self.meta.get("crs")
+        crs = self.meta.get("crs")
+        crs_of(crs, self.url)  # a CRS that does not parse is one line here, not an error later
+        return crs
 
     @property
     def transform(self) -> list[float] | None:
@@ -108,7 +114,7 @@ class Scene:
         return [self._read("", k) for k in range(self.num_levels)]
 
     def _read(self, prefix: str, level: int, **kw: Any) -> da.Array:  # checked against the part's manifest
-        return checked_level(self.root[prefix] if prefix else self.root, level, self.url, not prefix, **kw)
+        return read_level(self.root, prefix, level, self.url, **kw)
 
     def image(self, level: int = 0) -> da.Array:
         return self.levels[level]
@@ -128,16 +134,8 @@ class Scene:
         return stored_windows(self.root.attrs.get("ome", {}), len(self.bands), self.dtype)
 
     # labels and maps --------------------------------------------------------------------------
-    def _parts(self, kind: str, complete: bool = True) -> list[str]:
-        if kind not in self.root:
-            return []
-        group = self.root[kind]
-        names = []
-        for name in sorted(group.group_keys()):
-            done = bool(group[name].attrs.get(KEY, {}).get("complete"))
-            if done == complete:
-                names.append(name)
-        return names
+    def _parts(self, kind: str, complete: bool = True) -> list[str]:  # as listed: a part without zarr.json is named
+        return [name for name, done in part_states(self.root, kind, self.url).items() if done == complete]
 
     @property
     def labels(self) -> list[str]:
@@ -154,11 +152,10 @@ class Scene:
         return parts
 
     def _levels_of(self, kind: str, name: str) -> list[da.Array]:
-        if name not in self._parts(kind):
+        if part_state(self.root, kind, name, self.url) is not True:  # one part asked, one part looked at
             have = self._parts(kind)
             raise InputError(f"{self.url}: no complete {kind}/{name} (has: {', '.join(have) or 'none'})")
-        n = len(self.root[f"{kind}/{name}"].attrs["ome"]["multiscales"][0]["datasets"])
-        return [self._read(f"{kind}/{name}", k) for k in range(n)]
+        return part_levels(self.root, kind, name, self.url, self.shape)  # checked against the manifest and image
 
     def label_levels(self, name: str) -> list[da.Array]:
         return self._levels_of("labels", name)
@@ -181,10 +178,7 @@ class Scene:
 
     def part_meta(self, kind: str, name: str) -> dict:
         """A part's elegantviz attributes (classes, stride, pairs, ...); {} for a bare NGFF part."""
-        path = part_path(kind, name)
-        if path not in self.root:
-            raise InputError(f"{self.url}: no {path}")
-        return dict(self.root[path].attrs.get(KEY, {}))
+        return checked_part_meta(self.root, kind, name, self.url)
 
     def update_part_meta(self, kind: str, name: str, **values: Any) -> None:
         """Add entries to a finished part's elegantviz attributes (e.g. evaluation's regions)."""
@@ -205,80 +199,75 @@ class Scene:
         path = f"{CACHE_GROUP}/{name}"
         if path in self.root:
             del self.root[path]
+        drop_ledgers(self.root, path)  # parts staged there were being written block by block
         if CACHE_GROUP in self.root and not list(self.root[CACHE_GROUP].keys()):
             del self.root[CACHE_GROUP]
 
     # writing ----------------------------------------------------------------------------------
-    def _start_part(self, kind: str, name: str, overwrite: bool) -> zarr.Group:
+    def _start_part(self, kind: str, name: str, overwrite: bool, under: str) -> zarr.Group:
         check_part_name(kind, name, self.url)
-        parent = self.root.require_group(kind)
+        parent = self.root.require_group(f"{under}{kind}")
         done = name in parent and bool(parent[name].attrs.get(KEY, {}).get("complete"))
         if done and not overwrite:
             raise InputError(f"{self.url}: {kind}/{name} exists (pass overwrite=True to replace it)")
-        if kind == LABELS:
+        if kind == LABELS and not under:
             list_label(parent, name, listed=False)  # unlisted until finished (NGFF readers follow the list)
         if done:
             del parent[name]
-            self._drop_progress(f"{kind}/{name}")
+            drop_ledgers(self.root, f"{under}{kind}/{name}")
         elif name in parent:
             return parent[name]  # resume an interrupted write
         return parent.create_group(name)
 
-    def remove(self, kind: str, name: str) -> None:
-        """Delete ``labels/<name>`` or ``maps/<name>``, finished or not, and its ledger."""
+    def remove(self, kind: str, name: str, under: str = "") -> None:
+        """Delete ``labels/<name>`` or ``maps/<name>`` (below ``under``), finished or not, and its ledger."""
         check_part_name(kind, name, self.url)
-        if kind in self.root and name in self.root[kind]:
-            if kind == LABELS:
+        if f"{under}{kind}" in self.root and name in self.root[f"{under}{kind}"]:
+            if kind == LABELS and not under:
                 list_label(self.root[LABELS], name, listed=False)
-            del self.root[kind][name]
-        self._drop_progress(f"{kind}/{name}")
+            del self.root[f"{under}{kind}"][name]
+        drop_ledgers(self.root, f"{under}{kind}/{name}")
 
-    def _drop_progress(self, prefix: str) -> None:
-        if PROGRESS_GROUP not in self.root:
-            return
-        progress = self.root[PROGRESS_GROUP]
-        stem = prefix.replace("/", ".") + "."
-        for key in list(progress.array_keys()):
-            if key.startswith(stem):
-                del progress[key]
+    def staged_meta(self, kind: str, name: str, under: str) -> dict:
+        """The elegantviz attributes of a part written below ``under`` ("" for the part itself), {} when
+        there is none."""
+        path = f"{under}{part_path(kind, name)}"
+        return dict(self.root[path].attrs.get(KEY, {})) if path in self.root else {}
 
-    def add_labels(
-        self,
-        name: str,
-        data: Any,
-        classes: ClassTable | None = None,
-        overwrite: bool = False,
-        progress: bool = True,
-        tile: int | None = None,
-        attrs: dict | None = None,
-    ) -> None:
-        """A (y, x) uint8 label image with a mode pyramid as ``labels/<name>``; ``attrs`` are set with ``complete``."""
+    def swap_in(self, kind: str, name: str, under: str) -> None:
+        """Put the finished part written below ``under`` (e.g. by ``add_labels(..., under=...)``) in
+        place of ``kind/name`` at once: a reader sees the old part or the new one (io/swap.py)."""
+        if not self.staged_meta(kind, name, under).get("complete"):
+            raise InputError(f"{self.url}: no finished {under}{kind}/{name} to swap in")
+        self.root.require_group(kind)
+        replace_group(self.root, f"{under}{kind}/{name}", part_path(kind, name))
+        if kind == LABELS:
+            list_label(self.root[LABELS], name, listed=True)
+
+    def add_labels(self, name: str, data: Any, classes: ClassTable | None = None, overwrite: bool = False,
+                   progress: bool = True, tile: int | None = None, attrs: dict | None = None, under: str = "") -> None:
+        """A (y, x) uint8 label image with a mode pyramid as ``labels/<name>``; ``attrs`` are set with
+        ``complete``. ``under`` (a group path ending in /) writes it there, to be swapped in later."""
         arr = _as_dask(data, 2, f"{self.url} labels/{name}")
         if arr.shape != self.shape[1:]:
             raise InputError(f"{self.url}: labels/{name} has shape {arr.shape}, the image is {self.shape[1:]}")
         if arr.dtype != np.uint8:
             raise InputError(f"{self.url}: labels/{name} must be uint8 class ids, got {arr.dtype}")
         classes = classes or self.classes
-        group = self._start_part("labels", name, overwrite)
-        n = write_pyramid(self.root, f"labels/{name}", arr, "mode", tile or self.tile, IGNORE_INDEX,
-                           None, f"labels/{name}", progress)
+        group = self._start_part("labels", name, overwrite, under)
+        path = f"{under}labels/{name}"
+        n = write_pyramid(self.root, path, arr, "mode", tile or self.tile, IGNORE_INDEX, None, f"labels/{name}", progress)
         ome = {"version": NGFF_VERSION, "multiscales": multiscales(name, ("y", "x"), n), "image-label": image_label(classes)}
         meta = {"complete": True, "classes": classes.to_dict() if classes else None, **(attrs or {}),
-                MANIFEST: part_manifest(self.root, f"labels/{name}", n)}
+                MANIFEST: part_manifest(self.root, path, n)}
         group.attrs.update({"ome": ome, KEY: meta})
-        list_label(self.root[LABELS], name, listed=True)
+        if not under:
+            list_label(self.root[LABELS], name, listed=True)
 
-    def add_map(
-        self,
-        name: str,
-        data: Any,
-        dtype: str = "float16",
-        overwrite: bool = False,
-        progress: bool = True,
-        attrs: dict | None = None,
-        tile: int | None = None,
-    ) -> None:
-        """Write a (y, x) or (c, y, x) float map with a mean-pooled pyramid as ``maps/<name>``.
+    def add_map(self, name: str, data: Any, dtype: str = "float16", overwrite: bool = False, progress: bool = True,
+                attrs: dict | None = None, tile: int | None = None, under: str = "") -> None:
+        """Write a (y, x) or (c, y, x) float map with a mean-pooled pyramid as ``maps/<name>`` (or below
+        ``under``, as add_labels).
 
         A map may be at a coarser resolution than the image (the keys are at feature
         resolution); ``attrs['stride']`` records the factor.
@@ -287,12 +276,12 @@ class Scene:
         if arr.ndim not in (2, 3) or 0 in arr.shape:
             raise InputError(f"{self.url}: maps/{name} must be (y, x) or (c, y, x), got {arr.shape}")
         arr = arr.astype(dtype)
-        group = self._start_part("maps", name, overwrite)
-        n = write_pyramid(self.root, f"maps/{name}", arr, "mean", tile or self.tile, np.nan, None,
-                           f"maps/{name}", progress)
+        group = self._start_part("maps", name, overwrite, under)
+        path = f"{under}maps/{name}"
+        n = write_pyramid(self.root, path, arr, "mean", tile or self.tile, np.nan, None, f"maps/{name}", progress)
         axes = ("c", "y", "x")[-arr.ndim :]
         stride = int((attrs or {}).get("stride", 1)) if arr.shape[-2:] != self.shape[1:] else 1  # margin: upsampled
-        meta = {"complete": True, **(attrs or {}), MANIFEST: part_manifest(self.root, f"maps/{name}", n)}
+        meta = {"complete": True, **(attrs or {}), MANIFEST: part_manifest(self.root, path, n)}
         group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": multiscales(name, axes, n, stride)}, KEY: meta})
 
     def finalize(self) -> None:
@@ -313,23 +302,16 @@ def open_scene(url: str | Path, mode: str = "r", allow_incomplete: bool = False)
     """Open a scene store; refuse stores that are not scene stores or were never finished."""
     if _is_local_missing(url):
         raise InputError(f"{url}: no such scene store")
-    root = _open_group(url, mode="r+" if mode in ("a", "r+") else "r")
-    meta = root.attrs.get(KEY)
-    if not isinstance(meta, dict) or "bands" not in meta:
-        raise SceneStoreError(
-            f"{url}: not an elegantviz scene store (no '{KEY}' metadata); make one with `elegantviz convert`"
-        )
-    if "ome" not in root.attrs or "0" not in root:
-        raise SceneStoreError(f"{url}: scene store has no image pyramid (missing 'ome' multiscales or level 0)")
+    try:
+        root = _open_group(url, mode="r+" if mode in ("a", "r+") else "r")
+    except BROKEN as e:  # what _open_group leaves to zarr: a zarr.json of the wrong types
+        raise SceneStoreError(f"{url}: zarr.json cannot be read ({short_error(e)})") from None
+    validate_root(root, str(url))  # attributes, OME levels, each level's zarr.json against the manifest
     scene = Scene(root, str(url))
     if not scene.complete and not allow_incomplete:
         raise IncompleteSceneError(
             f"{url}: incomplete scene store (its writer was interrupted); run the same command again to resume"
         )
-    if scene.complete:
-        for k in range(scene.num_levels):
-            if str(k) not in root:
-                raise SceneStoreError(f"{url}: pyramid level {k} is missing; the store is damaged")
     return scene
 
 

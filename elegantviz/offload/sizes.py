@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from elegantviz.values import parse_size  # one parser for YAML, the command line and the planner
+
 __all__ = ["parse_size", "format_size", "default_budget", "mmap_large_allocations"]
-
-_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
-          "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4}
-
-
-def parse_size(text: str | int | float) -> int:
-    """Bytes from ``"12GB"``, ``"1.5 GiB"``, ``"800M"`` or a number.
-
-    KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB and bare K/M/G/T powers of 1024.
-    """
-    if isinstance(text, (int, float)):
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    unit = m.group(2).upper() if m else None
-    if m is None or unit not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (examples: 12GB, 1.5GiB, 800M, 1000000)")
-    return int(float(m.group(1)) * _UNITS[unit])
 
 
 def format_size(nbytes: float) -> str:

@@ -1,9 +1,11 @@
 """Predict dock: run a checkpoint over the open scene in a worker, with progress and cancel.
 
 The prediction runs in a napari generator worker (``prediction``); the GUI thread only gets
-its stages, moves the progress bar and adds each part's layer as soon as the part is written,
-using the reader's own layer functions. Cancel stops at the next stage boundary and keeps what
-is finished; running again resumes from the network output cached in the store.
+its stages, moves the progress bar and adds each new part's layer as soon as the part is
+written, using the reader's own layer functions. A part that replaces one the store already had
+is swapped in when the whole run ends (elegantviz.engine.predict), so its layer is refreshed
+then, and layers of parts the run removed go. Cancel stops at the next stage boundary and keeps
+what is finished; running again resumes from the network output cached in the store.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from ..cache import configured_checkpoint
 from ..prediction import DONE, Stage, prediction_running, prediction_stages
-from ..viewer_layers import put_layer
+from ..viewer_layers import layer_tag, put_layer
 from .base import SceneDock
 
 if TYPE_CHECKING:
@@ -35,6 +37,14 @@ if TYPE_CHECKING:
 MODES = ("holistic", "sliced")
 MODE_TIPS = {"holistic": "the whole scene through the network in one piece, with the model's evidence",
              "sliced": "sliding windows with blended logits (the crop-and-stitch baseline): labels only"}
+
+
+def stored_parts(scene_url: str) -> list[str]:
+    """The finished labels and maps of a scene store, as parts (``labels/pred``)."""
+    from elegantviz.io.store import open_scene
+
+    scene = open_scene(scene_url)
+    return [f"labels/{n}" for n in scene.labels] + [f"maps/{n}" for n in scene.maps]
 
 
 class Predict(SceneDock):
@@ -47,6 +57,7 @@ class Predict(SceneDock):
         self.progress_bar = None
         self.stage_names: dict[int, str] = {}  # stage index -> name, for the stages seen so far
         self.added: list[str] = []  # parts whose layers this run added or refreshed
+        self.replaced: set[str] = set()  # parts the store had when the run started: refreshed at its end
         self.summary: dict | None = None
         self._pending: list[Callable[[], None]] = []
         self._handling = False
@@ -119,6 +130,7 @@ class Predict(SceneDock):
         from napari.utils import progress
 
         self.stage_names, self.added, self.summary = {}, [], None
+        self.replaced = set(stored_parts(scene))
         self.cancel_event = threading.Event()
         self.progress_bar = progress(total=0, desc="predict: loading the model")
         worker = create_worker(prediction_stages, checkpoint, scene, self.mode_box.currentText(), self.cancel_event,
@@ -174,7 +186,7 @@ class Predict(SceneDock):
 
     def _show_part(self, scene_url: str, part: str) -> None:
         """Add or refresh the layer of a part just written (the prediction's labels shown)."""
-        if "/" not in part or part in self.added:
+        if "/" not in part or part in self.added or part in self.replaced:
             return
         self.added.append(part)
         from elegantviz.io.store import open_scene
@@ -185,6 +197,18 @@ class Predict(SceneDock):
         layer = part_layer(open_scene(scene_url), part, visible=is_prediction)
         if layer is not None:
             put_layer(self.viewer, layer, keep_look=not is_prediction)
+
+    def _show_swapped(self, scene_url: str, written: list[str]) -> None:
+        """At the end of a run: refresh the layers of the parts it replaced, in the order written,
+        and drop the layers of parts it removed (old evidence it does not write again)."""
+        now = set(stored_parts(scene_url))
+        for layer in [ly for ly in self.viewer.layers if layer_tag(ly).get("scene") == scene_url]:
+            part = layer_tag(layer).get("part", "")
+            if "/" in part and part not in now:
+                self.viewer.layers.remove(layer)
+        self.replaced -= set(written)
+        for part in written:
+            self._show_part(scene_url, part)
 
     def _returned(self, summary: dict) -> None:
         self._in_order(lambda: self._handle_returned(summary))
@@ -197,6 +221,7 @@ class Predict(SceneDock):
                                 "stages done). Finished parts are shown; predict again to resume without "
                                 "running the network again.")
         else:
+            self._show_swapped(summary["scene"], summary["written"])
             resumed = " (resumed)" if summary.get("resumed") else ""
             self.status.setText(f"Predicted in {summary['total_s']:.1f} s{resumed}: "
                                 f"{', '.join(summary['written'])}.")
