@@ -250,7 +250,7 @@ def test_convert_killed_then_rerun_is_bit_identical(point, convert_command, conv
 
 
 # --- predict ----------------------------------------------------------------------------------
-PREDICT_SIZE, PREDICT_CHUNK = 256, 32  # 64 blocks at level 0 of every part
+PREDICT_SIZE, PREDICT_CHUNK = 256, 64  # 16 blocks at level 0 of every part
 EARLY_PARTS = ("labels/pred", "maps/margin", "labels/hard", "maps/boundary", "maps/keys", "maps/queries")
 
 

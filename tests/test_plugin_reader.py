@@ -177,6 +177,18 @@ def test_writer_round_trip_into_existing_and_new_stores(store, tmp_path):
     table = back.label_classes("edited_gt")
     assert table.names == RIVERWORLD.names and [c.color for c in table.classes] == [c.color for c in RIVERWORLD.classes]
 
+    # saved again: swapped in whole (a layer's dask array made before reads the new labels), no
+    # scratch left; the ground truth itself is never replaced by a save
+    held = back.label("edited_gt")
+    edited[50:, 50:] = RIVER
+    write_labels(str(target), edited.astype(np.int32), attrs)
+    np.testing.assert_array_equal(held.compute(), edited)
+    assert "_predict" not in open_scene(target).root
+    gt = np.asarray(open_scene(target).label("gt"))
+    with pytest.raises(InputError, match="labels/gt is the ground truth"):
+        write_labels(str(target), edited.astype(np.int32), {**attrs, "name": "gt"})
+    np.testing.assert_array_equal(open_scene(target).label("gt").compute(), gt)
+
     # a new store, classes known only from features and colours with a gap (id 2 unused)
     mask = np.zeros((200, 260), np.uint8)
     mask[20:80, 30:90] = 1

@@ -164,3 +164,19 @@ def test_killed_synth_process_resumes_to_the_same_scene(tmp_path):
     spec = RiverworldSpec(1024, 1024, 0)
     np.testing.assert_array_equal(scene.image().compute(), render_image(spec, 0, 1024, 0, 1024))
     np.testing.assert_array_equal(scene.label("gt").compute(), render_labels(spec, 0, 1024, 0, 1024))
+
+
+def test_a_resumed_write_deletes_the_temporary_file_a_killed_writer_left(tmp_path):
+    """zarr's LocalStore writes a chunk to <chunk>.<uuid>.partial and renames it: a SIGKILL in
+    between leaves that file, which the resumed write removes (found by tests/test_kill_points.py)."""
+    from elegantviz.io.blocks import write_blockwise
+
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    root.create_array("a", shape=(64, 64), dtype="uint8", chunks=(32, 32))
+    stray = tmp_path / "s.zarr" / "a" / "c" / "0" / "1.0123abcd.partial"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half a chunk")
+    data = np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)
+    write_blockwise(da.from_array(data, chunks=32), root, "a", "a", progress=False)
+    assert not stray.exists()
+    np.testing.assert_array_equal(root["a"][...], data)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Sequence
 
 import dask
 import dask.array as da
 import numpy as np
 import zarr
+from zarr.storage import LocalStore
 from tqdm.auto import tqdm
 
 from elegantviz.io.schema import PROGRESS_GROUP
@@ -63,6 +65,17 @@ def drop_ledgers(root: zarr.Group, prefix: str) -> None:
         del root[PROGRESS_GROUP]
 
 
+def drop_partial_files(array: zarr.Array) -> None:
+    """Delete the temporary files a killed writer left in a local array's folder: zarr's LocalStore
+    writes each chunk to ``<chunk>.<uuid>.partial`` and renames it, so a SIGKILL mid-chunk leaves
+    one behind (the chunk itself is rewritten, its ledger bit being unset)."""
+    store = array.store_path.store
+    if isinstance(store, LocalStore):
+        folder = Path(store.root) / array.store_path.path
+        for stray in folder.rglob("*.partial") if folder.is_dir() else ():
+            stray.unlink(missing_ok=True)
+
+
 def write_blockwise(
     source: da.Array,
     root: zarr.Group,
@@ -78,6 +91,7 @@ def write_blockwise(
     ledger are skipped.
     """
     target = root[target_path]
+    drop_partial_files(target)
     if tuple(source.shape) != tuple(target.shape):
         raise ValueError(f"{target_path}: source shape {source.shape} != target shape {target.shape}")
     tile = target.chunks[-2:]

@@ -32,6 +32,7 @@ from elegantviz.io.validate import BROKEN, crs_of, part_levels, part_state, part
 from elegantviz.io.validate import part_meta as checked_part_meta
 
 DEFAULT_TILE = 512
+SAVED = "_saved"  # below the cache group: labels written beside the ones they replace
 
 
 def _open_group(url: str | Path, mode: str) -> zarr.Group:
@@ -71,7 +72,7 @@ class Scene:
 
     @property
     def complete(self) -> bool:
-        return bool(self.meta.get("complete"))
+        return self.meta.get("complete") is True
 
     @property
     def bands(self) -> list[str]:
@@ -207,7 +208,7 @@ class Scene:
     def _start_part(self, kind: str, name: str, overwrite: bool, under: str) -> zarr.Group:
         check_part_name(kind, name, self.url)
         parent = self.root.require_group(f"{under}{kind}")
-        done = name in parent and bool(parent[name].attrs.get(KEY, {}).get("complete"))
+        done = name in parent and parent[name].attrs.get(KEY, {}).get("complete") is True
         if done and not overwrite:
             raise InputError(f"{self.url}: {kind}/{name} exists (pass overwrite=True to replace it)")
         if kind == LABELS and not under:
@@ -237,12 +238,23 @@ class Scene:
     def swap_in(self, kind: str, name: str, under: str) -> None:
         """Put the finished part written below ``under`` (e.g. by ``add_labels(..., under=...)``) in
         place of ``kind/name`` at once: a reader sees the old part or the new one (io/swap.py)."""
-        if not self.staged_meta(kind, name, under).get("complete"):
+        if self.staged_meta(kind, name, under).get("complete") is not True:
             raise InputError(f"{self.url}: no finished {under}{kind}/{name} to swap in")
         self.root.require_group(kind)
         replace_group(self.root, f"{under}{kind}/{name}", part_path(kind, name))
         if kind == LABELS:
             list_label(self.root[LABELS], name, listed=True)
+
+    def replace_labels(self, name: str, data: Any, classes: ClassTable | None = None, progress: bool = True) -> None:
+        """``labels/<name>``, new or in place of a finished one: then written beside it and swapped
+        in, so a reader holding the old labels (a napari layer) sees old or new chunks, never none."""
+        if name not in self.labels:
+            return self.add_labels(name, data, classes=classes, overwrite=True, progress=progress)
+        under = f"{CACHE_GROUP}/{SAVED}/"
+        self.drop_scratch(SAVED)  # an interrupted save's blocks belong to other data
+        self.add_labels(name, data, classes=classes, overwrite=True, progress=progress, under=under)
+        self.swap_in(LABELS, name, under)
+        self.drop_scratch(SAVED)
 
     def add_labels(self, name: str, data: Any, classes: ClassTable | None = None, overwrite: bool = False,
                    progress: bool = True, tile: int | None = None, attrs: dict | None = None, under: str = "") -> None:
@@ -360,7 +372,7 @@ def create_scene(
             root = None
         elif not isinstance(meta, dict):
             raise InputError(f"{url}: exists and is not a scene store; pass --overwrite to replace it")
-        elif meta.get("complete"):
+        elif meta.get("complete") is True:
             raise InputError(f"{url}: exists (a finished scene store); pass --overwrite to replace it")
         elif meta.get("job") != job:
             raise InputError(

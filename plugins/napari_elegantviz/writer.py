@@ -1,8 +1,10 @@
 """The npe2 writer: a Labels layer saved as an NGFF labels group with colours and class names.
 
-Into an existing scene store it becomes ``labels/<layer name>`` (replacing a part of that name,
-napari's save dialog having asked already); a new path becomes a scene store whose image is one
-blank band (zeros compress to nothing) so the labels have the parent image NGFF requires.
+Into an existing scene store it becomes ``labels/<layer name>``: a part of that name is replaced
+at once (written beside it and swapped in, under the store's writer lock), except the ground
+truth, which is never replaced by a save (a layer painted on by accident would take its place);
+a new path becomes a scene store whose image is one blank band (zeros compress to nothing) so
+the labels have the parent image NGFF requires.
 napari-ome-zarr has no writer; this one's output opens there too.
 """
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from elegantviz.classes import IGNORE_INDEX, ClassTable
 from elegantviz.errors import InputError
-from elegantviz.io.schema import KEY
+from elegantviz.io.lock import writer_lock
+from elegantviz.io.schema import GT, KEY
 
 from .palette import table_from_layer
 
@@ -63,14 +66,17 @@ def write_labels(path: str, data: Any, attributes: dict) -> list[str]:
     name = part_name(attributes.get("name", "labels"))
     arr = _as_uint8(data)
     classes = layer_table(attributes, arr, name)
-    target = Path(path)
-    if target.exists():
-        scene = open_scene(path, mode="r+")
-    else:
-        blank = da.zeros((1, *arr.shape), dtype=np.uint8, chunks=(1, 512, 512))
-        scene = create_scene(path, blank, bands=[BLANK_BAND], classes=classes, source=f"napari labels {name}",
-                             progress=False, finalize=False)
-    scene.add_labels(name, arr, classes=classes, overwrite=True, progress=False)
-    if not scene.complete:
-        scene.finalize()
+    with writer_lock(path, "napari save"):
+        if Path(path).exists():
+            scene = open_scene(path, mode="r+")
+            if name == GT and GT in scene.labels:
+                raise InputError(f"{path}: labels/{GT} is the ground truth and a save does not replace it; rename "
+                                 f"the layer (e.g. {GT}_edited) to save it beside")
+        else:
+            blank = da.zeros((1, *arr.shape), dtype=np.uint8, chunks=(1, 512, 512))
+            scene = create_scene(path, blank, bands=[BLANK_BAND], classes=classes, source=f"napari labels {name}",
+                                 progress=False, finalize=False)
+        scene.replace_labels(name, arr, classes=classes, progress=False)
+        if not scene.complete:
+            scene.finalize()
     return [str(path)]
