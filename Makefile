@@ -16,8 +16,11 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libdbus-1-3 libfontconfig1 li
 demo: setup
 	$(VENV)/bin/elegantviz demo
 
+# Two workers of one thread each: most tests wait on imports, subprocesses, disks and Qt, so two
+# files at a time halve the wall time; one OpenMP thread each, as two spinning pools on 2 cores
+# slow each other far more than 2x. A file's tests stay together (its fixtures are built once).
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 setup: system-deps $(STAMP)
 

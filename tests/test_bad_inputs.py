@@ -409,3 +409,29 @@ def test_every_parser_error_is_one_line():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert all(type(p).__name__ == "Parser" for p in sub.choices.values())
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (64, 1), (1, 200)])
+def test_a_scene_too_small_to_predict_is_refused_and_nothing_is_written(checkpoint, tmp_path, capsys, h, w):
+    """A side under 8 px ended in dask's 'overlapping depth 2 is larger than your array' (the probe)."""
+    from elegantviz.io.store import create_scene
+
+    path = str(tmp_path / "small.zarr")
+    create_scene(path, np.zeros((4, h, w), np.uint8), bands=["r", "g", "b", "nir"], progress=False)
+    code, err = cli(["predict", str(checkpoint), path, "-q"], capsys)
+    assert code == 2
+    one_line(err, "small.zarr", "too small to predict")
+    assert open_scene(path).labels == [] and open_scene(path).maps == []
+
+
+def test_stacked_band_files_must_each_have_one_band(tmp_path, capsys):
+    """Two 4-band files as --band were stacked into 8 unnamed bands, exit 0 (the probe)."""
+    from conftest import write_geotiff
+
+    write_geotiff(tmp_path / "rgbn.tif", np.zeros((4, 40, 40), np.uint8))
+    write_geotiff(tmp_path / "one.tif", np.zeros((40, 40), np.uint8))
+    code, err = cli(["convert", str(tmp_path / "o.zarr"), "--band", str(tmp_path / "one.tif"), "--band",
+                     str(tmp_path / "rgbn.tif"), "-q"], capsys)
+    assert code == 2
+    one_line(err, "rgbn.tif", "has 4 bands")
+    assert not (tmp_path / "o.zarr").exists()

@@ -44,6 +44,7 @@ from elegantviz.io.store import Scene, open_scene
 PREDICTED = "predicted_by"  # labels predict wrote carry the strategy's job; it may replace those
 RUN = "run"  # every part a run writes carries its id: the parts it has swapped in already, after a resume
 STAGED = "staged"  # the parts of a run, written below its cache before they are swapped in
+MIN_SIDE = 8  # px
 STREAMED = (S.KEYS, S.QUERIES)  # (d, h, w) at feature resolution: kept on disk, never read whole
 
 
@@ -126,6 +127,9 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     if name in scene.labels and name != S.PRED and not scene.part_meta(S.LABELS, name).get(PREDICTED):
         raise InputError(f"{scene_path}: labels/{name} exists and was not written by predict; "
                          "choose another --name (predict never replaces labels it did not make)")
+    h, w = scene.shape[1:]
+    if min(h, w) < MIN_SIDE:  # the Sobel boundary's 5 x 5 stencil and HRNet's stride need a few pixels
+        raise InputError(f"{scene_path}: {h} x {w} px is too small to predict (each side needs {MIN_SIDE} px at least)")
     pairs_ids = parse_pairs(pairs, table)  # a bad pair is refused before the run, not after it
     if scene.shape[0] != trained.in_chans:
         raise InputError(f"{scene_path}: has {scene.shape[0]} bands, the model was trained on {trained.in_chans} "

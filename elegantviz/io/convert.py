@@ -145,6 +145,11 @@ def _gather_bands(sources: Sequence[Path], bands: list[int] | None) -> tuple[Ras
                 raise InputError(f"{p}: is {mine} but {sources[0]} is {theirs}; stacked bands must share one grid")
             raise InputError(f"{p}: its {what} is {mine} but {sources[0]}'s is {theirs}; "
                              "stacked bands must share one grid")
+    if len(sources) > 1:  # --band FILE stacks single bands: a 4-band file would add four unnamed ones
+        for p, m in zip(sources, metas):
+            if len(m.bands) != 1:
+                raise InputError(f"{p}: has {len(m.bands)} bands; stacked files (--band FILE) must have one band "
+                                 "each (pick bands of one file with SRC --bands 3,2,1)")
     stacked = [b for m in metas for b in m.bands]
     if bands is not None:
         for i in bands:
