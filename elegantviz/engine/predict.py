@@ -183,17 +183,19 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     labels = da.from_array(pred.labels, chunks=tile)
     written: list[str] = []
 
+    def this_run(meta: dict) -> bool:
+        return meta.get("complete") is True and meta.get(RUN) == run
+
     def swapped(kind: str, part: str) -> bool:  # one attribute read, not a listing of every part (S3)
-        final = scene.staged_meta(kind, part, "")
-        return final.get("complete") is True and final.get(RUN) == run
+        return this_run(scene.staged_meta(kind, part, ""))
 
     def put(kind: str, part: str, write) -> None:
         """Write one part (below ``under`` when it replaces a finished one), unless this run wrote
         it before an interruption."""
         stage(S.part_path(kind, part))
         stages["done"] += 1
-        final, staged = scene.staged_meta(kind, part, ""), scene.staged_meta(kind, part, under)
-        if not (swapped(kind, part) or (staged.get("complete") is True and staged.get(RUN) == run)):
+        final = scene.staged_meta(kind, part, "")  # each part's attributes read once (a request on S3)
+        if not (this_run(final) or this_run(scene.staged_meta(kind, part, under))):
             write(under if final.get("complete") is True else "")
         written.append(S.part_path(kind, part))
 
