@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--test-scenes", type=int, default=2)
     ap.add_argument("--scenes", help="folder with train-*.zarr to train on (default: synthesize in --work)")
     ap.add_argument("--holistic", help="a holistic checkpoint trained on those scenes: skip that arm's training")
+    ap.add_argument("--global-path", default="none", choices=["none", "sweep"],
+                    help="ElegantSeg's global path for both arms (models/scan.py)")
     ap.add_argument("--work", default=str(HERE / "scratch" / "hvs"))
     ap.add_argument("--out", default=str(HERE / "results" / "holistic_vs_sliced.json"))
     ap.add_argument("--picture", default=str(HERE / "results" / "holistic_vs_sliced.png"))
@@ -56,7 +58,8 @@ def main() -> None:
     tests = [synthesize_riverworld(work / f"test-{i}.zarr", height=2 * args.size, seed=900 + i, overwrite=True,
                                    progress=False) for i in range(args.test_scenes)]
     results: dict = {"train_size": args.size, "test_size": 2 * args.size, "crop": args.crop, "iters": args.iters,
-                     "train_scenes": len(train_paths), "test_scenes": len(tests)}
+                     "train_scenes": len(train_paths), "test_scenes": len(tests),
+                     "global_path": args.global_path}
     for mode in ("holistic", "sliced"):
         started = time.perf_counter()
         if mode == "holistic" and args.holistic:
@@ -64,6 +67,7 @@ def main() -> None:
         else:
             cfg = load_config("riverworld-cpu")
             cfg.data.train, cfg.data.val, cfg.data.mode, cfg.data.crop_size = train_paths, [], mode, args.crop
+            cfg.model.overrides = dict(cfg.model.overrides, global_path=args.global_path)
             cfg.iters, cfg.ckpt_every, cfg.out_dir = args.iters, 100, str(work / f"run-{mode}")
             cfg.optim.accumulate = 1 if mode == "holistic" else (args.size // args.crop) ** 2
             ckpt = train(cfg, progress=True)
@@ -79,7 +83,9 @@ def main() -> None:
                          "river_iou": iou("river"), "pond_iou": iou("pond"),
                          "river_as_pond_px": pair(0), "pond_as_river_px": pair(1),
                          "river_pond_confused_px": pair(0) + pair(1)}
-        print(mode, json.dumps(results[mode]))
+        print(mode, json.dumps(results[mode]), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))  # each arm as soon as it is done
     h, s = results["holistic"]["river_pond_confused_px"], results["sliced"]["river_pond_confused_px"]
     results["confusion_ratio"] = h / s if s else None
     print(f"river<->pond confused pixels: holistic {h:,d}, sliced {s:,d} (ratio {results['confusion_ratio']})")

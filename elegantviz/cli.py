@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
-import time
 from pathlib import Path
 
 from elegantviz import __version__
@@ -14,6 +12,8 @@ from elegantviz.values import (at_least, band_number, checked, class_pair, devic
                                overlap_fraction, size_text, tile_side, unique_list)
 from elegantviz.errors import ElegantvizError, InputError, writing
 from elegantviz.io.schema import MIN_REGION_AREA
+from elegantviz.predict_json import predict_json
+from elegantviz.many import add_cluster_options, convert_folder, evaluate_many, on_cluster, predict_many, write_dataset
 
 # elegantviz.offload.POLICY_NAMES and "auto", spelled out so that --help does not import torch
 POLICY_CHOICES = ("auto", "none", "host", "checkpoint", "checkpoint+host", "disk", "checkpoint+disk",
@@ -27,6 +27,10 @@ def _convert(args: argparse.Namespace) -> None:
     from elegantviz.io.convert import convert_raster
     from elegantviz.io.info import format_info, scene_info
 
+    if args.src and Path(args.src).is_dir():
+        return convert_folder(args)
+    if on_cluster(args):
+        raise InputError("--scheduler and --workers convert a folder of rasters (convert FOLDER OUT)")
     sources = ([args.src] if args.src else []) + (args.band or [])
     if not sources:
         raise ElegantvizError("convert: give a raster SRC or one --band FILE per band")
@@ -80,8 +84,10 @@ def _train(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     kwargs = _predict_options(args)
+    if on_cluster(args):
+        return predict_many(args, kwargs)
     if args.progress_json:
-        return _predict_json(args, kwargs)
+        return predict_json(args, kwargs)
     if args.stdin_cancel:
         raise ElegantvizError("--stdin-cancel goes with --progress-json (where a cancelled run is reported)")
     from elegantviz.engine.predict import predict_scene
@@ -116,67 +122,20 @@ def _open_all(scenes: list[str]) -> None:
         open_scene(path)
 
 
-class Cancelled(Exception):
-    """Raised between two stages once a cancel was asked for; the store is valid and resumable."""
-
-    def __init__(self, before: str, done: int, total: int):
-        super().__init__(before)
-        self.report = {"before": before, "done": done, "total": total}
-
-
-def watch_stdin(cancel: threading.Event) -> None:
-    """Set ``cancel`` at a line ``cancel`` on stdin, or when stdin closes (the caller went away)."""
-    for line in sys.stdin:
-        if line.strip() == "cancel":
-            break
-    cancel.set()
-
-
-def _predict_json(args: argparse.Namespace, kwargs: dict) -> None:
-    """``--progress-json``: JSON lines on stdout (see the option's help); anything else printed
-    goes to stderr, so a reader of stdout sees only the protocol."""
-    from elegantviz.engine.predict import predict_scene
-
-    out, sys.stdout = sys.stdout, sys.stderr
-    cancel = threading.Event()
-    if args.stdin_cancel:
-        threading.Thread(target=watch_stdin, args=(cancel,), name="stdin-cancel", daemon=True).start()
-
-    def send(message: dict) -> None:
-        out.write(json.dumps(message) + "\n")
-        out.flush()
-
-    try:
-        for path in args.scenes:
-            def on_stage(name: str, done: int, total: int, path=path) -> None:
-                if cancel.is_set():
-                    raise Cancelled(name, done, total)
-                send({"scene": path, "stage": name, "done": done, "total": total, "at": time.time()})
-
-            try:
-                with writing(path):
-                    summary = predict_scene(args.checkpoint, path, progress=False, on_stage=on_stage, **kwargs)
-            except Cancelled as stop:
-                send({"scene": path, "cancelled": stop.report})
-                return
-            except Exception as exc:
-                send({"scene": path, "error": str(exc), "type": type(exc).__name__})
-                raise
-            send({"scene": path, "summary": summary})
-    finally:
-        sys.stdout = out
-
-
 def _evaluate(args: argparse.Namespace) -> None:
     from elegantviz.engine.evaluate import evaluate_scenes, format_report
 
-    for report, js, png in evaluate_scenes(args.scenes, args.out, args.overwrite, pred=args.pred, gt=args.gt,
-                                           pairs=args.pair, convention=args.convention, tolerance=args.tolerance,
-                                           write_error_map=not args.no_error_map, min_area=args.min_area,
-                                           progress=not args.quiet):
+    options = dict(pred=args.pred, gt=args.gt, pairs=args.pair, convention=args.convention, tolerance=args.tolerance,
+                   write_error_map=not args.no_error_map, min_area=args.min_area)
+    if on_cluster(args):
+        return evaluate_many(args, options)
+    reports = []
+    for report, js, png in evaluate_scenes(args.scenes, args.out, args.overwrite, progress=not args.quiet, **options):
         print(format_report(report))
         regions = f"  regions: {report['regions_file']}" if "regions_file" in report else ""
         print(f"report: {js}  figure: {png}{regions}")
+        reports.append(report)
+    write_dataset(reports, args.out)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -266,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     c = add("convert", _convert, "convert a GeoTIFF/PNG (or stacked single-band files) into a scene store")
-    c.add_argument("src", nargs="?", help="raster file (GeoTIFF, COG, PNG, JPEG, any GDAL format)")
-    c.add_argument("out", help="output scene store, e.g. scene.zarr (or an fsspec URL)")
+    c.add_argument("src", nargs="?", help="raster file (GeoTIFF, COG, PNG, JPEG, any GDAL format), or a folder of them")
+    c.add_argument("out", help="output scene store, e.g. scene.zarr (or an fsspec URL); for a folder, where the stores go")
     c.add_argument("--band", action="append", metavar="FILE", help="stack single-band files in this order (repeat)")
     c.add_argument("--bands", metavar="LIST", type=checked(unique_list, band_number),
                    help="pick and reorder bands, 1-based, e.g. 3,2,1,4")
@@ -282,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--chunk", type=at_least(16, 8192), default=512,
                    help="chunk size in pixels, even (default 512)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_cluster_options(c)
 
     s = add("synth", _synth, "synthesize a riverworld scene (rivers and ponds that only the whole image tells apart)")
     s.add_argument("out", help="OUT.zarr for a scene store, or OUT.tif for a GeoTIFF plus OUT_mask.tif")
@@ -332,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop at the next stage boundary (the store stays valid; running again resumes) when "
                          "stdin reads a line 'cancel' or closes; for a program driving the run")
 
+    add_cluster_options(pr)
     e = add("evaluate", _evaluate, "metrics of labels/pred against labels/gt, confusion pairs and their regions")
     e.add_argument("scenes", nargs="+", help="scene stores with labels/pred and labels/gt")
     e.add_argument("--pred", default="pred", type=checked(label_name), help="labels to evaluate (default pred)")
@@ -348,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="evaluation", help="folder for report.json and confusion_matrix.png")
     e.add_argument("--no-error-map", action="store_true", help="do not store labels/error in the scene")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier report.json in --out")
+    add_cluster_options(e)
 
     ck = add("check", _check, "verify scene stores: parts complete, every chunk present and readable, metadata "
              "consistent; one line per problem, exit 2 when damaged")

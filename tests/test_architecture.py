@@ -23,7 +23,7 @@ LAYERS = [
     ("elegantviz.analysis", "elegantviz.viz"),
     ("elegantviz.engine", "elegantviz.weights"),
     ("napari_elegantviz",),
-    ("elegantviz.demo", "elegantviz.cli", "elegantviz.__main__"),  # the command line opens napari for `elegantviz view`
+    ("elegantviz.demo", "elegantviz.cli", "elegantviz.many", "elegantviz.predict_json", "elegantviz.__main__"),  # the command line opens napari for `elegantviz view`
 ]
 MAX_LINES = 420
 

@@ -26,15 +26,13 @@ from typing import Callable
 
 import numpy as np
 import pytest
-import zarr
+from conftest import assert_same_store, without
 
 pytestmark = pytest.mark.slow
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TIMEOUT_S = 180.0  # generous: the machine is shared; a stage that never comes fails with its name
 POLL_S = 0.005
-# attributes that differ between two runs of the same job by design: timings and predict's run id
-VOLATILE_ATTRS = {"write_seconds", "run"}
 # log fields that are measurements of the machine, not of the training
 VOLATILE_LOG = {"s_per_iter", "memory"}
 
@@ -128,41 +126,6 @@ def part_complete_somewhere(store: Path, part: str) -> bool:
             if is_complete(Path(folder)):
                 return True
     return False
-
-
-def without(obj, keys: set):
-    if isinstance(obj, dict):
-        return {k: without(v, keys) for k, v in obj.items() if k not in keys}
-    if isinstance(obj, list):
-        return [without(v, keys) for v in obj]
-    return obj
-
-
-def store_files(store: Path) -> set[str]:
-    return {(Path(d) / f).relative_to(store).as_posix() for d, _, files in os.walk(store) for f in files}
-
-
-def assert_same_store(got: Path, want: Path) -> None:
-    """Same files, same metadata (but timings), every array bit for bit, nothing scratch left."""
-    files, expected = store_files(got), store_files(want)
-    assert files == expected, (f"{got}: files differ from the uninterrupted run's: extra "
-                               f"{sorted(files - expected)[:8]}, missing {sorted(expected - files)[:8]}")
-    top = {f.split("/")[0] for f in files}
-    assert not top & {"_progress", "_predict"}, f"{got}: scratch left behind: {sorted(top & {'_progress', '_predict'})}"
-    arrays = 0
-    for meta in sorted(f for f in files if f.endswith("zarr.json")):
-        a, b = (json.loads((root / meta).read_text()) for root in (got, want))
-        assert without(a, VOLATILE_ATTRS) == without(b, VOLATILE_ATTRS), f"{got / meta}: metadata differs"
-        if a["node_type"] != "array":
-            continue
-        node = str(Path(meta).parent)
-        x, y = (np.asarray(zarr.open_array(str(root / node), mode="r")[...]) for root in (got, want))
-        assert x.dtype == y.dtype and x.shape == y.shape, f"{got / node}: {x.dtype}{x.shape} != {y.dtype}{y.shape}"
-        if x.tobytes() != y.tobytes():
-            pytest.fail(f"{got / node}: not bit-identical to the uninterrupted run "
-                        f"({int(np.count_nonzero(x != y))} of {x.size} values differ)")
-        arrays += 1
-    assert arrays, f"{got}: no arrays compared"
 
 
 def assert_parts_complete(store: Path) -> None:

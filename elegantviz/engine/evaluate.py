@@ -90,16 +90,54 @@ def evaluate_scenes(scenes: list[str], out_dir: str | Path, overwrite: bool = Fa
     """`elegantviz evaluate`: (report, report.json, figure) per scene, into ``out_dir`` (one
     subfolder per scene when there are several). Every scene is opened and every report folder
     checked before the first is evaluated, so a bad second input costs no work and writes nothing."""
-    outs = [Path(out_dir) / Path(p).stem if len(scenes) > 1 else Path(out_dir) for p in scenes]
-    for out in outs:
-        check_report_folder(out, overwrite)
-    for p in scenes:
-        open_scene(p)
-    for p, out in zip(scenes, outs):
+    for p, out in zip(scenes, report_folders(scenes, out_dir, overwrite)):
         with writing(p):
             report = evaluate_scene(p, **options)
         with writing(out):
             yield (report, *write_report(report, out))
+
+
+def report_folders(scenes: list[str], out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """Each scene's report folder (``out_dir`` itself for one scene, ``out_dir/<stem>`` for
+    several, whose dataset report is ``out_dir/report.json``), all checked, every scene opened."""
+    outs = [Path(out_dir) / Path(str(p).rstrip("/")).stem if len(scenes) > 1 else Path(out_dir) for p in scenes]
+    stems = [o.name for o in outs]
+    if len(scenes) > 1 and len(set(stems)) < len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise InputError(f"two scenes would share a report folder in {out_dir}: {', '.join(twice)} (rename one)")
+    for out in outs + ([Path(out_dir)] if len(scenes) > 1 else []):
+        check_report_folder(out, overwrite)
+    for p in scenes:
+        open_scene(p)
+    return outs
+
+
+def dataset_report(reports: list[dict]) -> dict:
+    """One report for a collection: the scenes' confusion matrices summed (DeepGlobe's and
+    Inria's figures are dataset-level: a mean of per-scene IoUs would weigh a small tile like a
+    large one), the pairs' pixels summed, the boundary F-score the scenes' mean, a row per scene."""
+    names = reports[0]["class_names"]
+    for r in reports[1:]:
+        if r["class_names"] != names:
+            raise InputError(f"{r['scene']}: its classes ({', '.join(r['class_names'])}) differ from "
+                             f"{reports[0]['scene']}'s ({', '.join(names)}); a dataset report needs one table")
+    cm = np.sum([np.asarray(r["confusion_matrix"], np.int64) for r in reports], axis=0)
+    out = {"scene": f"{len(reports)} scenes", "scenes": len(reports), "pred": reports[0]["pred"],
+           "gt": reports[0]["gt"], **summarize(cm, names, reports[0]["convention"])}
+    out["boundary"] = {"fscore": float(np.mean([r["boundary"]["fscore"] for r in reports])),
+                       "tolerance_px": reports[0]["boundary"]["tolerance_px"], "of": "mean of the scenes"}
+    out["confusion_matrix"], out["class_names"] = cm.tolist(), names
+    pairs: dict[str, dict] = {}
+    for r in reports:
+        for e in r["pairs"]:
+            total = pairs.setdefault(e["pair"], {"pair": e["pair"], "pixels": 0, "regions": [], "regions_total": 0})
+            total["pixels"] += e["pixels"]
+            total["regions_total"] += e["regions_total"]
+    out["pairs"] = list(pairs.values())
+    out["per_scene"] = [{"scene": r["scene"], "miou": r["miou"], "pixels": r["pixels"],
+                         "iou": {k: v["iou"] for k, v in r["per_class"].items()},
+                         "pairs": {e["pair"]: e["pixels"] for e in r["pairs"]}} for r in reports]
+    return out
 
 
 def check_report_folder(out_dir: str | Path, overwrite: bool = False) -> Path:

@@ -32,7 +32,7 @@ import numpy as np
 
 from elegantviz.analysis.errors import error_map, parse_pairs
 from elegantviz.analysis.sobel import sobel_map
-from elegantviz.engine.checkpoints import load_model, pick_device
+from elegantviz.engine.checkpoints import TrainedModel, load_model, pick_device
 from elegantviz.errors import InputError
 from elegantviz.inference import make_strategy
 from elegantviz.inference.prediction import STORED_DTYPES, Prediction
@@ -99,6 +99,7 @@ def predict_scene(
     progress: bool = True,
     on_stage: Callable[[str, int, int], None] | None = None,
     tile: int | None = None,
+    trained: TrainedModel | None = None,
 ) -> dict:
     """Predict one scene store in place; returns a summary (seconds, what was written).
 
@@ -109,19 +110,42 @@ def predict_scene(
     ``on_stage(stage, done, total)``, when given, is called before each stage (``"forward"``, then
     each part, e.g. ``"labels/pred"``) and once more with ``"done"``, for a progress bar; an
     exception it raises stops the run between stages, where the store is valid and resumable.
+    ``trained``: ``checkpoint`` already loaded on ``device`` (a worker predicting many scenes).
     """
     with writer_lock(scene_path, "predict"):
         return _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, device, progress, on_stage,
-                              tile)
+                              tile, trained)
+
+
+def prediction_job(checkpoint: str | Path, mode: str = "holistic", crop: int = 512, overlap: float = 1 / 3,
+                   tile: int | None = None) -> dict:
+    """What labels predict writes carry (``predicted_by``): the checkpoint, as a file and a
+    version, and the strategy; a cache or a finished part of the same job needs no new run."""
+    return {"checkpoint": str(Path(checkpoint).resolve()), "mtime": Path(checkpoint).stat().st_mtime,
+            **make_strategy(mode, crop, overlap, tile).job()}
+
+
+def prediction_done(scene_path: str | Path, checkpoint: str | Path, mode: str = "holistic", name: str = S.PRED,
+                    crop: int = 512, overlap: float = 1 / 3, tile: int | None = None, **_) -> bool:
+    """``labels/<name>`` of ``scene_path`` is finished and was written by this very job, with no
+    run of it left to finish: a collection rerun skips the scene."""
+    try:
+        scene = open_scene(scene_path)
+        if name not in scene.labels or scene.scratch(name) is not None:
+            return False
+        meta = scene.part_meta(S.LABELS, name)
+    except (InputError, OSError):
+        return False
+    return meta.get("complete") is True and meta.get(PREDICTED) == prediction_job(checkpoint, mode, crop, overlap, tile)
 
 
 def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, device, progress, on_stage,
-                   tile) -> dict:
+                   tile, trained) -> dict:
     """The run itself, under the store's writer lock."""
     strategy = make_strategy(mode, crop, overlap, tile)
     S.check_prediction_name(name, str(scene_path))
     dev = pick_device(device)
-    trained = load_model(checkpoint, dev)
+    trained = trained or load_model(checkpoint, dev)
     model, table, cfg = trained.model, trained.classes, trained.config
     scene = open_scene(scene_path, mode="a")
     if name in scene.labels and name != S.PRED and not scene.part_meta(S.LABELS, name).get(PREDICTED):
@@ -150,8 +174,7 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     parts = [(S.LABELS, name), (S.LABELS, err)]
     if holistic or name == S.PRED:  # evidence describes labels/pred: it goes when pred is redone
         parts += [(S.MAPS, m) for m in S.EVIDENCE_MAPS] + [(S.LABELS, S.HARD)]
-    job = {"checkpoint": str(Path(checkpoint).resolve()), "mtime": Path(checkpoint).stat().st_mtime,
-           **strategy.job()}
+    job = prediction_job(checkpoint, mode, crop, overlap, tile)
     pred = _cached(scene, name, job)
     cached = pred is not None
     if pred is None:

@@ -33,7 +33,6 @@ import zarr
 from zarr.core.sync import sync
 
 from elegantviz.errors import InputError
-from elegantviz.io.schema import KEY
 
 MANIFEST = "manifest"  # the entry of a part's elegantviz attributes
 METADATA_FILE = "zarr.json"

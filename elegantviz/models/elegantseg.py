@@ -19,10 +19,12 @@ from .depthwise import DepthwiseImpl
 from .ecr import ECR, AttentionNorm, ECRForm, Evidence, logit_margin
 from .heads import FCNHead
 from .mlk import LRD, MLK, Fusion
+from .scan import GlobalSweep
 
 __all__ = ["ElegantSeg", "SegOutput", "Segment", "Evidence", "ContextModule"]
 
 ContextModule = Literal["mlk", "lrd", "none"]
+GlobalPath = Literal["none", "sweep"]
 
 
 @dataclass
@@ -78,6 +80,7 @@ class ElegantSeg(nn.Module):
         head_kernel_size: int = 1,
         dropout: float = 0.1,
         channels_last: bool = False,
+        global_path: GlobalPath = "none",
     ):
         super().__init__()
         if num_classes < 2:
@@ -99,6 +102,9 @@ class ElegantSeg(nn.Module):
             self.context = nn.Conv2d(c, dim, 1)
         else:
             raise ValueError(f"unknown context module {context!r}")
+        if global_path not in ("none", "sweep"):
+            raise ValueError(f"unknown global path {global_path!r}; choose none or sweep")
+        self.sweep = GlobalSweep(dim) if global_path == "sweep" else None
         self.ecr = ECR(dim, hard_ratio, attention_norm, ecr_form) if use_ecr else None
         self.head = FCNHead(dim, num_classes, dim, head_kernel_size, dropout)
 
@@ -126,6 +132,8 @@ class ElegantSeg(nn.Module):
         aux = self.aux_head(feats)
         x = self.context(feats)
         del feats  # 3 GB at 6800x7200: what backward needs of it is saved (or spilled) already
+        if self.sweep is not None:
+            x = self.sweep(x)
         evidence = None
         if self.ecr is not None:
             x, evidence = self.ecr(x, aux, return_evidence)
