@@ -160,7 +160,6 @@ def test_worker_killed_mid_scene_then_rerun_finishes_only_that_scene(serial, che
     while time.monotonic() < deadline and proc.poll() is None and killed is None:
         worker = _worker_running(client, 2)
         if worker is not None and (victim / "_predict").exists():  # mid-scene: its forward pass has begun
-            print("PROCESSING", client.processing(), flush=True)
             os.kill(pids[worker], signal.SIGKILL)
             killed = worker
         time.sleep(0.005)

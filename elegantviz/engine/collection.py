@@ -92,14 +92,39 @@ def run_scenes(task: Callable[..., dict], scenes: list[str], args: tuple, *, cli
     else:
         from distributed import as_completed
 
-        futures = {client.submit(task, s, *args, key=f"elegantviz-{what}-{i}-{_token()}", pure=False,
-                                 resources=resources): s for i, s in enumerate(todo)}
-        for future in as_completed(futures):
-            _settle(outcomes[futures[future]], future.result)
+        # scenes go out no faster than the cluster runs them: a task handed to a worker waits in
+        # that worker, so a worker that died would fail every scene it held, not only its own
+        waiting, running = list(enumerate(todo)), as_completed()
+        futures: dict = {}
+
+        def submit() -> None:
+            while waiting and len(futures) < _slots(client, resources):
+                i, s = waiting.pop(0)
+                future = client.submit(task, s, *args, key=f"elegantviz-{what}-{i}-{_token()}", pure=False,
+                                       resources=resources)
+                futures[future] = s
+                running.add(future)
+
+        submit()
+        for future in running:
+            _settle(outcomes[futures.pop(future)], future.result)
             bar.update()
             future.release()
+            submit()
     bar.close()
     return [outcomes[s] for s in scenes]
+
+
+def _slots(client, resources: dict | None) -> int:
+    """How many tasks the cluster runs at once now (the threads of the workers that have the
+    resources asked for); at least one, so a cluster still starting its workers gets work."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # some releases list only 5 workers by default
+    except TypeError:  # releases before n_workers list them all
+        info = client.scheduler_info()
+    workers = info["workers"].values()
+    fits = [w for w in workers if all(w.get("resources", {}).get(r, 0) >= n for r, n in (resources or {}).items())]
+    return max(1, sum(int(w.get("nthreads", 1)) for w in fits))
 
 
 def _token() -> str:
@@ -130,6 +155,17 @@ def report(outcomes: list[Outcome], what: str, retry: str = "rerun the same comm
 
 
 # --- the tasks: top-level functions, so a worker process can unpickle them -------------------
+@contextlib.contextmanager
+def _on_this_worker(scene: str) -> Iterator[None]:
+    """A task's own dask arrays are computed in the worker's process, as a serial run computes
+    them: on a worker, dask's default scheduler is the cluster, which would scatter one scene's
+    chunks over other workers (one dead worker would then fail scenes it never ran)."""
+    import dask
+
+    with dask.config.set(scheduler="threads"), writing(scene):
+        yield
+
+
 _MODELS: dict = {}  # per worker process: the model of each (checkpoint, mtime, device), loaded once
 
 
@@ -148,7 +184,7 @@ def predict_task(scene: str, checkpoint: str, options: dict) -> dict:
     """Predict one scene with the worker's copy of the model (loaded at its first scene)."""
     from elegantviz.engine.predict import predict_scene
 
-    with writing(scene):
+    with _on_this_worker(scene):
         return predict_scene(checkpoint, scene, progress=False, trained=_trained(checkpoint, options["device"]),
                              **options)
 
@@ -159,7 +195,7 @@ def convert_task(source: str, out_dir: str, options: dict) -> dict:
     from elegantviz.io.convert import convert_raster
 
     mask, out = mask_of(Path(source)), store_for(source, out_dir)
-    with writing(source):
+    with _on_this_worker(source):
         result = convert_raster([source], out, mask=mask, progress=False, **options)
     return {"scene": str(out), "shape": list(result.scene.shape), "mask": str(mask) if mask else None}
 
@@ -167,7 +203,7 @@ def convert_task(source: str, out_dir: str, options: dict) -> dict:
 def evaluate_task(scene: str, options: dict) -> dict:
     from elegantviz.engine.evaluate import evaluate_scene
 
-    with writing(scene):
+    with _on_this_worker(scene):
         return evaluate_scene(scene, progress=False, **options)
 
 
