@@ -208,7 +208,7 @@ def test_optimizer_choice_and_clipping(scenes, tmp_path):
 
 
 def test_precise_bn_is_the_average_of_whole_scene_statistics_and_resume_stays_exact(scenes, tmp_path):
-    from elegantviz.engine.train import recompute_bn_stats
+    from elegantviz.engine.precise_bn import recompute_bn_stats
 
     cfg = small_config(scenes, tmp_path / "run", iters=2, precise_bn=2)
     trainer = Trainer(cfg, progress=False)

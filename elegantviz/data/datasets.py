@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from elegantviz.classes import IGNORE_INDEX, ClassTable
-from elegantviz.data.transforms import random_crop, random_dihedral
+from elegantviz.data.transforms import apply_dihedral, crop_window, dihedral_choice
 from elegantviz.errors import InputError
 from elegantviz.io.store import Scene, open_scene
 
@@ -159,11 +159,30 @@ class SceneSampler:
         return self._cache[index]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        index = int(self.rng.integers(len(self.scenes)))
-        img, lab = self.load(index)
-        if self.mode == "sliced":
-            img, lab = random_crop(img, lab, self.crop_size, self.rng)
-        return random_dihedral(img, lab, self.rng, self.flips, self.rot90)
+        return self.step_samples(1, range(1))[0]
+
+    def step_samples(self, count: int, mine: range) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The ``count`` samples of one optimizer step over all ranks (ranks x accumulation), of
+        which only those in ``mine`` are read and returned. Every rank draws the same random
+        numbers, so the ranks share one stream (one state in the checkpoint) and a step on N ranks
+        sees the samples a single process accumulating N sees. Within a step the scenes differ
+        while there are enough of them (a distributed sampler's partition, drawn anew each step)."""
+        n = len(self.scenes)
+        if count == 1:
+            indices = [int(self.rng.integers(n))]
+        else:
+            indices = [int(i) for i in self.rng.choice(n, size=count, replace=count > n)]
+        out = []
+        for j, index in enumerate(indices):
+            shape = self.scenes[index].image(self.level).shape
+            window = crop_window(shape, self.crop_size, self.rng) if self.mode == "sliced" else None
+            turn = dihedral_choice(self.rng, self.flips, self.rot90)
+            if j in mine:
+                img, lab = self.load(index)
+                if window is not None:
+                    img, lab = img[:, window[0], window[1]], lab[window[0], window[1]]
+                out.append(apply_dihedral(img, lab, *turn))
+        return out
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

@@ -41,6 +41,8 @@ from elegantviz.errors import InputError
 from elegantviz.losses import elegantseg_loss
 from elegantviz.engine.checkpoints import (NonFiniteError, build_configured, nonfinite_tensors, pick_device,
                                            read_checkpoint, save_atomic)
+from elegantviz.engine.precise_bn import recompute_bn_stats
+from elegantviz.engine.ranks import Ranks
 from elegantviz.engine.run_folder import check_resumable, prepare_run_folder, trim_log
 from elegantviz.offload import MemoryMeter, Policy, mmap_large_allocations, parse_size, plan
 
@@ -107,10 +109,11 @@ def _set_rng_states(s: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, progress: bool = True):
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: TrainConfig, progress: bool = True, ranks: Ranks | None = None):
+        self.ranks = ranks or Ranks()
+        self.cfg, self.progress = cfg, progress and self.ranks.main
         self.out = Path(cfg.out_dir)
-        self.device = pick_device(cfg.device)
+        self.device = self.ranks.device(pick_device(cfg.device))
         d = cfg.data
         self.train_scenes, self.table = open_training_scenes(d.train, d.label, "training")
         self.val_scenes = open_training_scenes(d.val, d.label, "validation")[0] if d.val else []
@@ -159,7 +162,8 @@ class Trainer:
         sizes = (128, 256) if side >= 256 else (64, 128)  # small samples: small dry runs (64 px: 2x2 at stride 32)
         choice = plan(self.model, sample, budget, self.device, sizes=sizes, spill_dir=mem.spill_dir,
                       threshold_bytes=parse_size(mem.threshold), forward_kwargs={"upsample": False})
-        print(choice.summary())
+        if self.ranks.main:
+            print(choice.summary())
         self.plan_summary = choice.summary()
         return choice.policy
 
@@ -182,9 +186,12 @@ class Trainer:
         }
 
     def save(self, name: str, model_state: dict | None = None) -> Path:
-        """Write a checkpoint atomically; ``model_state`` replaces the live weights (precise BN)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        """Write a checkpoint atomically (rank 0 only); ``model_state`` replaces the live weights
+        (precise BN)."""
         path = self.out / name
+        if not self.ranks.main:
+            return path
+        self.out.mkdir(parents=True, exist_ok=True)
         state = self.state()
         if model_state is not None:
             state["model"] = model_state
@@ -204,8 +211,9 @@ class Trainer:
             if path.parent == self.out and (self.out / "log.jsonl").exists():
                 print(f"{path}: no checkpoint yet (killed before the first); starting the run from iteration 0",
                       file=sys.stderr)
-                (self.out / "best.pt").unlink(missing_ok=True)
-                trim_log(self.out, 0)
+                if self.ranks.main:
+                    (self.out / "best.pt").unlink(missing_ok=True)
+                    trim_log(self.out, 0)
                 return
             raise InputError(f"{path}: nothing to resume from")
         ck = read_checkpoint(path, "cannot read the checkpoint")
@@ -218,11 +226,11 @@ class Trainer:
         self.iteration, self.best_miou = ck["iteration"], ck["best_miou"]
         self.skipped = ck.get("skipped", 0)
         self.last_good = path
-        trim_log(self.out, self.iteration)
+        if self.ranks.main:
+            trim_log(self.out, self.iteration)
 
     # steps ------------------------------------------------------------------------------------
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        img, lab = self.sampler.sample()
+    def _tensors(self, img: np.ndarray, lab: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(img)[None].to(self.device, non_blocking=True)
         # uint8 while class ids fit: at scene size int64 labels alone are 8 bytes a pixel
         fits = max(self.table.num_classes - 1, self.table.ignore_index) < 256
@@ -247,8 +255,9 @@ class Trainer:
         totals = {"loss": 0.0, "seg": 0.0, "aux": 0.0}
         # backward runs inside the policy: the disk target removes its spill folder on exit
         with self.meter.step(iteration=self.iteration + 1), self.policy.apply(self.model, self.meter):
-            for _ in range(cfg.optim.accumulate):
-                x, y = self._batch()
+            acc = cfg.optim.accumulate
+            for img, lab in self.sampler.step_samples(self.ranks.world * acc, self.ranks.mine(acc)):
+                x, y = self._tensors(img, lab)
                 with self._autocast():
                     out = self.model(x, upsample=False)  # the loss upsamples band by band
                     loss, terms = elegantseg_loss(out, y, cfg.loss.w_bd, cfg.loss.w_aux, cfg.loss.sobel_ksize,
@@ -260,6 +269,7 @@ class Trainer:
                 totals["loss"] += float(loss.detach()) / cfg.optim.accumulate
                 totals["seg"] += float(terms["seg"]) / cfg.optim.accumulate
                 totals["aux"] += float(terms["aux"]) / cfg.optim.accumulate
+        self.ranks.average(self.model, totals, self.iteration + 1)
         params = [p for p in self.model.parameters() if p.grad is not None]
         limit = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
         norm = float(torch.nn.utils.clip_grad_norm_(params, limit)) if params else 0.0
@@ -327,14 +337,18 @@ class Trainer:
                 "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.table.names, iou)}}
 
     def log(self, record: dict) -> None:
+        if not self.ranks.main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def fit(self) -> Path:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        self.ranks.same_weights(self.model)
+        if self.ranks.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
         bar = tqdm(total=cfg.iters, initial=self.iteration, desc="train", unit="it", disable=not self.progress)
         last_log = time.perf_counter()
         try:
@@ -353,7 +367,7 @@ class Trainer:
                               "s_per_iter": (now - last_log) / max(1, min(cfg.log_every, it)),
                               "memory": self.meter.as_dict()})
                     last_log = now
-                if self.val_scenes and (it % cfg.val_every == 0 or it == cfg.iters):
+                if self.ranks.main and self.val_scenes and (it % cfg.val_every == 0 or it == cfg.iters):
                     model = self.precise_model()
                     val = self.validate(model)
                     self.log({"iter": it, "val": val, "precise_bn": cfg.precise_bn})
@@ -365,47 +379,25 @@ class Trainer:
                     self.save("last.pt")
         finally:
             bar.close()
-        if not (self.out / "best.pt").exists():
+        if self.ranks.main and not (self.out / "best.pt").exists():
             self.save("best.pt", self.precise_model().state_dict())
         return self.out / "best.pt"
-
-
-@torch.no_grad()
-def recompute_bn_stats(model: torch.nn.Module, images: list[torch.Tensor], autocast=nullcontext) -> None:
-    """Precise BN: every BatchNorm's running mean and variance become the plain average of its
-    batch statistics over ``images`` (forwards in train mode with momentum=None, a cumulative
-    average); dropout is off and nothing else changes. The model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms or not images:
-        return
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        for x in images:
-            with autocast():
-                model(x, upsample=False)
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-        model.eval()
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Train (or with ``resume`` continue) the run in ``cfg.out_dir``; a folder holding another
     run is refused unless ``overwrite`` (see :mod:`elegantviz.engine.run_folder`)."""
-    prepare_run_folder(Path(cfg.out_dir), resume, overwrite)
-    mmap_large_allocations()  # freed activations go back to the system, so RSS tracks live bytes
-    trainer = Trainer(cfg, progress)
-    if resume:
-        trainer.resume()
+    ranks = Ranks.join(pick_device(cfg.device))  # under torchrun: this process's rank (see ranks.py)
     try:
+        if ranks.main:
+            prepare_run_folder(Path(cfg.out_dir), resume, overwrite)
+        ranks.barrier("waiting for rank 0 to prepare the run folder")
+        mmap_large_allocations()  # freed activations go back to the system, so RSS tracks live bytes
+        trainer = Trainer(cfg, progress, ranks)
+        if resume:
+            trainer.resume()
         return trainer.fit()
     except OSError as e:  # the run folder (or the spill folder) is read-only, full or gone
         raise InputError(f"{e.filename or cfg.out_dir}: cannot write the run ({e.strerror or e})") from None
+    finally:
+        ranks.close()
