@@ -116,7 +116,7 @@ def test_convert_predict_evaluate_on_s3_equal_the_local_run(s3_env, raster, chec
     assert_same_store(download(s3_env, url, tmp_path / "from-s3-evaluated.zarr"), local)
 
 
-def test_the_napari_reader_opens_a_store_on_s3(s3_env, raster, tmp_path, monkeypatch):
+def test_the_napari_reader_opens_a_store_on_s3(s3_env, raster, tmp_path, monkeypatch, qtbot):
     for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(k, s3_env[k])
     url = f"s3://{BUCKET}/reader/scene.zarr"
@@ -134,6 +134,22 @@ def test_the_napari_reader_opens_a_store_on_s3(s3_env, raster, tmp_path, monkeyp
         np.testing.assert_array_equal(np.asarray(got[name][-1]), np.asarray(want[name][-1]))
         np.testing.assert_array_equal(np.asarray(got[name][0][100:228, 50:178]),
                                       np.asarray(want[name][0][100:228, 50:178]))
+    # `elegantviz view s3://...`: a real viewer with the docks draws what it draws from disk
+    from napari_elegantviz.view import open_viewer
+
+    shots = []
+    for where in (url, str(tmp_path / "local.zarr")):
+        viewer = open_viewer(where, show=True)
+        try:
+            assert [layer.name for layer in viewer.layers] == ["image", "gt"]
+            viewer.layers["gt"].visible = False
+            viewer.reset_view()
+            qtbot.wait(200)
+            shots.append(viewer.screenshot(canvas_only=True, flash=False)[..., :3])
+        finally:
+            viewer.close()
+    assert shots[0].std() > 10, "the canvas shows no image"
+    np.testing.assert_array_equal(shots[0], shots[1])
 
 
 def _progress_keys(env: dict, url: str) -> int:
