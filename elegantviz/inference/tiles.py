@@ -172,6 +172,9 @@ def forward_halo_tiles(
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, c, H, W) image, got {tuple(image.shape)}")
+    if getattr(model, "sweep", None) is not None:  # its state crosses every tile: no halo bounds it
+        raise InputError("--tile: this model has the global sweep path (global_path: sweep), whose recurrences run "
+                         "across the whole feature map; predict it without --tile")
     from tqdm.auto import tqdm
 
     with _eval(model):

@@ -81,8 +81,9 @@ class GlobalSweep(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         y = self.norm(x)
-        values = self.values(y).float().view(n, 4, self.hidden, h, w)
-        raw = torch.tanh(self.gates(y).float()).view(n, 4, 3, self.hidden, h, w)
+        acc = torch.promote_types(x.dtype, torch.float32)  # the recurrences in at least float32 (AMP)
+        values = self.values(y).to(acc).view(n, 4, self.hidden, h, w)
+        raw = torch.tanh(self.gates(y).to(acc)).view(n, 4, 3, self.hidden, h, w)
         gates = raw / raw.abs().sum(2, keepdim=True).clamp(min=1.0)
         swept = []
         for d, direction in enumerate(self.DIRECTIONS):
