@@ -17,14 +17,15 @@ def _water_iou(pred: np.ndarray, labels: np.ndarray) -> float:
     return float((gt & pr).sum() / max(1, (gt | pr).sum()))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", params=["none", "sweep"])
+def trained(tmp_path_factory, request):
+    """The CPU preset as shipped, and with the global sweep path (models/scan.py) added."""
     root = tmp_path_factory.mktemp("learn")
     paths = [synthesize_riverworld(root / f"s{i}.zarr", height=256, seed=100 + i, tile=256, progress=False,
                                    water_width=(16.0, 28.0)).url for i in range(2)]  # wide rivers
     cfg = config_from_dict({
         "data": {"train": paths, "val": []},
-        "model": {"name": "elegantseg-cpu"},  # MLK and ECR (projected form) on
+        "model": {"name": "elegantseg-cpu", "overrides": {"global_path": request.param}},  # MLK, ECR (projected) on
         "optim": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "schedule": "cosine", "warmup": "linear",
                   "warmup_iters": 12, "warmup_lr": 2e-4, "head_lr_mult": 1, "grad_clip": 5.0},
         "memory": {"policy": "none"}, "iters": 120, "val_every": 10**6, "ckpt_every": 10**6, "log_every": 10**6,
@@ -47,6 +48,8 @@ def test_main_head_learns_water_as_the_auxiliary_head_does(trained):
     assert aux > 0.5, aux  # the run itself learned
     assert main >= 0.5 and main >= aux - 0.1, (main, aux)
     assert model.ecr.gamma.detach().abs().max() > 0  # ECR's residual opened
+    if model.sweep is not None:
+        assert model.sweep.gamma.detach().abs().max() > 0  # so did the sweep's
 
 
 def test_activations_stay_in_scale_after_training(trained):
@@ -54,7 +57,8 @@ def test_activations_stay_in_scale_after_training(trained):
     scale = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, name=name: scale.__setitem__(
         name, (float(i[0].abs().mean()), float((o[0] if isinstance(o, tuple) else o).abs().mean()))))
-        for name, m in (("context", model.context), ("unit", model.context.units[0]), ("ecr", model.ecr))]
+        for name, m in (("context", model.context), ("unit", model.context.units[0]), ("ecr", model.ecr),
+                        ("sweep", model.sweep)) if m is not None]
     scene = trained.train_scenes[1]
     img, _ = trained.norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
     with torch.no_grad():
