@@ -30,7 +30,8 @@ def _convert(args: argparse.Namespace) -> None:
     if args.src and Path(args.src).is_dir():
         return convert_folder(args)
     if on_cluster(args):
-        raise InputError("--scheduler and --workers convert a folder of rasters (convert FOLDER OUT)")
+        missing = f"{args.src}: no such folder; " if args.src and not Path(args.src).exists() else ""
+        raise InputError(f"{missing}--scheduler and --workers convert a folder of rasters (convert FOLDER OUT)")
     sources = ([args.src] if args.src else []) + (args.band or [])
     if not sources:
         raise ElegantvizError("convert: give a raster SRC or one --band FILE per band")
@@ -54,6 +55,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _synth(args: argparse.Namespace) -> None:
     from elegantviz.data.synthetic import synthesize_riverworld
 
+    if "://" not in str(args.out):
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # `synth rasters/s0.tif` makes rasters/
     result = synthesize_riverworld(args.out, height=args.size, width=args.width, seed=args.seed, tile=args.chunk,
                                    overwrite=args.overwrite, progress=not args.quiet)
     if isinstance(result, tuple):
