@@ -27,6 +27,16 @@ def absolute(path: str) -> str:
     return path if "://" in str(path) else str(Path(path).resolve())
 
 
+def stores(paths: list[str]) -> list[str]:
+    """The scene stores given, whole; a local one that is not there is refused before a cluster
+    starts (a missing scene is a typo, not a failure to report at the end)."""
+    missing = [p for p in paths if "://" not in str(p) and not Path(p).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{missing[0]}: no such scene store{more}")
+    return [absolute(p) for p in paths]
+
+
 def _check_gpus(client, device: str) -> dict | None:
     """Tasks on a GPU ask for the workers' GPU resource; a cluster without one is refused (its
     tasks would wait forever), and so is a local cluster, whose workers would share one GPU."""
@@ -49,7 +59,7 @@ def predict_many(args: argparse.Namespace, options: dict) -> None:
     if args.workers is not None and options["device"].startswith("cuda"):
         raise InputError("--workers starts CPU workers; for GPUs start one dask worker per GPU and pass --scheduler")
     load_model(args.checkpoint, "cpu")  # a bad checkpoint is one error here, not one per scene
-    scenes, checkpoint = [absolute(s) for s in args.scenes], absolute(args.checkpoint)
+    scenes, checkpoint = stores(args.scenes), absolute(args.checkpoint)
     with cluster_client(args.scheduler, args.workers) as client:
         outcomes = run_scenes(predict_task, scenes, (checkpoint, options), client=client,
                               done=lambda s: prediction_done(s, checkpoint, **options),
@@ -93,7 +103,7 @@ def evaluate_many(args: argparse.Namespace, options: dict) -> None:
     from elegantviz.engine.collection import cluster_client, evaluate_task, report, run_scenes
     from elegantviz.engine.evaluate import format_report, report_folders, write_report
 
-    scenes = [absolute(s) for s in args.scenes]
+    scenes = stores(args.scenes)
     outs = dict(zip(scenes, report_folders(scenes, args.out, args.overwrite)))
     with cluster_client(args.scheduler, args.workers) as client:
         outcomes = run_scenes(evaluate_task, scenes, (options,), client=client, progress=not args.quiet,
