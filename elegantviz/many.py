@@ -34,7 +34,11 @@ def stores(paths: list[str]) -> list[str]:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InputError(f"{missing[0]}: no such scene store{more}")
-    return [absolute(p) for p in paths]
+    whole = [absolute(p) for p in paths]
+    twice = next((p for i, p in enumerate(whole) if p in whole[:i]), None)
+    if twice is not None:  # two tasks would write one store at once
+        raise InputError(f"{twice}: given twice")
+    return whole
 
 
 def _check_gpus(client, device: str) -> dict | None:

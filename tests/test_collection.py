@@ -197,3 +197,17 @@ def test_a_bad_scene_is_named_at_the_end_and_stops_nothing(serial, checkpoint, t
     assert f"{tmp_path / 'rgb.zarr'}: " in done.stderr and "has 3 bands, the model was trained on 4" in done.stderr
     for s in stores:
         assert_same_store(s, serial / "predicted" / s.name)
+
+
+def test_one_store_twice_is_refused_before_any_work(serial, checkpoint, tmp_path):
+    """Two tasks would write one store at once: a stem twice in a folder, a scene twice in a list."""
+    folder = tmp_path / "rasters"
+    folder.mkdir()
+    cli("synth", folder / "a.tif", "--size", 64, "-q", cwd=tmp_path)
+    shutil.copy(folder / "a.tif", folder / "a.tiff")
+    done = cli("convert", folder, tmp_path / "stores", "--workers", 1, cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "a.tiff: has the stem of a.tif; both would become a.zarr" in done.stderr, done.stderr
+    assert not (tmp_path / "stores").exists() or not any((tmp_path / "stores").iterdir())
+    store = serial / "converted" / "s0.zarr"
+    done = cli("predict", checkpoint, store, store, "--workers", 1, cwd=tmp_path, check=False)
+    assert done.returncode == 2 and f"{store}: given twice" in done.stderr, done.stderr

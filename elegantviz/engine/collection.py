@@ -123,8 +123,11 @@ def _slots(client, resources: dict | None) -> int:
     except TypeError:  # releases before n_workers list them all
         info = client.scheduler_info()
     workers = info["workers"].values()
-    fits = [w for w in workers if all(w.get("resources", {}).get(r, 0) >= n for r, n in (resources or {}).items())]
-    return max(1, sum(int(w.get("nthreads", 1)) for w in fits))
+    slots = 0
+    for w in workers:  # a worker of 8 threads and 1 GPU runs one GPU task at a time
+        have = w.get("resources", {})
+        slots += min([int(w.get("nthreads", 1))] + [int(have.get(r, 0) // n) for r, n in (resources or {}).items()])
+    return max(1, slots)
 
 
 def _token() -> str:
@@ -162,7 +165,17 @@ def _on_this_worker(scene: str) -> Iterator[None]:
     chunks over other workers (one dead worker would then fail scenes it never ran)."""
     import dask
 
-    with dask.config.set(scheduler="threads"), writing(scene):
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):  # not on a worker: the caller's own scheduler stays
+        on_worker = False
+    else:
+        on_worker = True
+    if on_worker:  # for the worker's life, not per task: two tasks of one worker would race to restore it
+        dask.config.set(scheduler="threads")
+    with writing(scene):
         yield
 
 
@@ -237,9 +250,15 @@ def mask_of(source: Path) -> Path | None:
 
 
 def folder_rasters(folder: Path) -> list[Path]:
-    """The images of a folder (not their masks), sorted; a folder without any is refused."""
+    """The images of a folder (not their masks), sorted; a folder without any is refused, and so
+    are two images of one stem (a.tif and a.png would both become a.zarr)."""
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES
                     and not p.stem.endswith(MASK_STEM))
     if not images:
         raise InputError(f"{folder}: no rasters ({', '.join(RASTER_SUFFIXES)}) to convert")
+    stems: dict[str, Path] = {}
+    for p in images:
+        if p.stem in stems:
+            raise InputError(f"{p}: has the stem of {stems[p.stem].name}; both would become {p.stem}.zarr")
+        stems[p.stem] = p
     return images

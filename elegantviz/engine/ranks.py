@@ -19,8 +19,10 @@ the sampler draws every rank's samples and each takes its own, so a step on N ra
 process accumulating N would, and one checkpoint resumes every rank exactly. Dropout masks
 repeat across ranks, each on a different scene.
 
-Rank 0 alone writes checkpoints and logs, validates and draws the progress bar. Every collective
-has a timeout (``ELEGANTVIZ_DIST_TIMEOUT_S``, 1800 s by default, longer than a validation), and a
+Rank 0 alone writes checkpoints and logs and draws the progress bar; a resume reads rank 0's
+checkpoint and sends it to every rank (nodes need not share a disk). Validation is split: each
+rank validates its share of the scenes and the confusion matrices are summed. Every collective
+has a timeout (``ELEGANTVIZ_DIST_TIMEOUT_S``, 1800 s by default), and a
 rank whose peers have gone (killed, out of memory) stops with an error naming the iteration
 instead of waiting for ever; torchrun then stops the others.
 """
@@ -62,14 +64,19 @@ class Ranks:
         ranks = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
         if not dist.is_initialized():
             timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "1800")))
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+            if device.type == "cuda":  # the GPU is chosen before the first collective, so NCCL never guesses
+                gpu = ranks.device(device)
+                dist.init_process_group("nccl", timeout=timeout, device_id=gpu)
+            else:
+                dist.init_process_group("gloo", timeout=timeout)
         return ranks
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per rank: rank ``local_rank`` of a node takes that node's GPU of the same number."""
         if self.world > 1 and device.type == "cuda":
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
+            gpu = torch.device("cuda", self.local_rank % torch.cuda.device_count())  # one visible GPU each: 0
+            torch.cuda.set_device(gpu)
+            return gpu
         return device
 
     def mine(self, accumulate: int) -> range:
@@ -79,6 +86,8 @@ class Ranks:
     def _collective(self, what: str, iteration: int, run) -> None:
         try:
             run()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # NCCL returns at once: its failure shows here, not later
         except RuntimeError as e:  # gloo: connection closed or timed out; NCCL: watchdog timeout
             raise RankFailed(f"rank {self.rank} of {self.world}: {what} at iteration {iteration} failed; another "
                              f"rank stopped answering ({str(e).splitlines()[0][:200]}); resume the run with "
@@ -124,6 +133,33 @@ class Ranks:
             offset += n
         for k, v in zip(sorted(totals), (terms / self.world).tolist()):
             totals[k] = v
+
+    def sum_(self, counts: torch.Tensor, what: str, iteration: int) -> torch.Tensor:
+        """``counts`` summed over the ranks, in place (validation's confusion matrices)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            self._collective(what, iteration, lambda: dist.all_reduce(counts))
+        return counts
+
+    def from_main(self, load):
+        """``load()`` on rank 0 and its result (or its error) on every rank: a resume reads the
+        checkpoint rank 0 wrote, even where other nodes cannot see rank 0's disk."""
+        if self.world == 1:
+            return load()
+        import torch.distributed as dist
+
+        box: list = [None]
+        if self.main:
+            try:
+                box = [("ok", load())]
+            except ElegantvizError as e:
+                box = [("error", e)]
+        self._collective("reading rank 0's checkpoint", 0, lambda: dist.broadcast_object_list(box, 0))
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
 
     def barrier(self, what: str) -> None:
         if self.world > 1:

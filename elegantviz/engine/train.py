@@ -207,16 +207,9 @@ class Trainer:
         """Continue from ``last.pt``; a run killed before its first checkpoint starts over (there is
         nothing to lose: no weights were written). Log records after the checkpoint are dropped."""
         path = path or self.out / "last.pt"
-        if not path.exists():
-            if path.parent == self.out and (self.out / "log.jsonl").exists():
-                print(f"{path}: no checkpoint yet (killed before the first); starting the run from iteration 0",
-                      file=sys.stderr)
-                if self.ranks.main:
-                    (self.out / "best.pt").unlink(missing_ok=True)
-                    trim_log(self.out, 0)
-                return
-            raise InputError(f"{path}: nothing to resume from")
-        ck = read_checkpoint(path, "cannot read the checkpoint")
+        ck = self.ranks.from_main(lambda: self._checkpoint_to_resume(path))  # rank 0's, on every rank
+        if ck is None:
+            return
         check_resumable(path, ck, self.state())
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -228,6 +221,17 @@ class Trainer:
         self.last_good = path
         if self.ranks.main:
             trim_log(self.out, self.iteration)
+
+    def _checkpoint_to_resume(self, path: Path) -> dict | None:
+        if path.exists():
+            return read_checkpoint(path, "cannot read the checkpoint")
+        if path.parent == self.out and (self.out / "log.jsonl").exists():
+            print(f"{path}: no checkpoint yet (killed before the first); starting the run from iteration 0",
+                  file=sys.stderr)
+            (self.out / "best.pt").unlink(missing_ok=True)
+            trim_log(self.out, 0)
+            return None
+        raise InputError(f"{path}: nothing to resume from")
 
     # steps ------------------------------------------------------------------------------------
     def _tensors(self, img: np.ndarray, lab: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,13 +321,14 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module | None = None) -> dict:
-        """Holistic forward of each validation scene; mIoU from the summed confusion matrix."""
+        """Holistic forward of each validation scene (under torchrun, each rank its share); mIoU
+        from the summed confusion matrix."""
         model = model or self.model
         was_training = model.training
         model.eval()
         k = self.table.num_classes
         cm = np.zeros((k, k), np.int64)
-        for s in self.val_scenes:
+        for s in self.val_scenes[self.ranks.rank::self.ranks.world]:
             x, valid = self._whole_scene(s)
             lab = np.asarray(s.label(self.cfg.data.label, self.cfg.data.level).compute())
             with self._autocast():
@@ -332,6 +337,7 @@ class Trainer:
             keep = (lab != self.table.ignore_index) & valid
             cm += np.bincount(lab[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
         model.train(was_training)
+        cm = self.ranks.sum_(torch.from_numpy(cm).to(self.device), "validation", self.iteration).cpu().numpy()
         iou = per_class_iou(cm)
         return {"miou": float(np.nanmean(iou)),
                 "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.table.names, iou)}}
@@ -350,12 +356,13 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
         bar = tqdm(total=cfg.iters, initial=self.iteration, desc="train", unit="it", disable=not self.progress)
+        say = bar.write if self.ranks.main else _quiet  # rank 0 speaks for the run
         last_log = time.perf_counter()
         try:
             while self.iteration < cfg.iters:
                 terms = self.step()
                 if terms.get("skipped"):
-                    bar.write(f"iter {self.iteration + 1}: non-finite loss or gradient, step skipped "
+                    say(f"iter {self.iteration + 1}: non-finite loss or gradient, step skipped "
                               f"({self.skipped} in all)")
                     continue
                 bar.update(1)
@@ -367,11 +374,11 @@ class Trainer:
                               "s_per_iter": (now - last_log) / max(1, min(cfg.log_every, it)),
                               "memory": self.meter.as_dict()})
                     last_log = now
-                if self.ranks.main and self.val_scenes and (it % cfg.val_every == 0 or it == cfg.iters):
+                if self.val_scenes and (it % cfg.val_every == 0 or it == cfg.iters):
                     model = self.precise_model()
                     val = self.validate(model)
                     self.log({"iter": it, "val": val, "precise_bn": cfg.precise_bn})
-                    bar.write(f"iter {it}: val mIoU {100 * val['miou']:.2f}")
+                    say(f"iter {it}: val mIoU {100 * val['miou']:.2f}")
                     if val["miou"] > self.best_miou:
                         self.best_miou = val["miou"]
                         self.save("best.pt", model.state_dict())
@@ -382,6 +389,10 @@ class Trainer:
         if self.ranks.main and not (self.out / "best.pt").exists():
             self.save("best.pt", self.precise_model().state_dict())
         return self.out / "best.pt"
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
