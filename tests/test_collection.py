@@ -211,3 +211,18 @@ def test_one_store_twice_is_refused_before_any_work(serial, checkpoint, tmp_path
     store = serial / "converted" / "s0.zarr"
     done = cli("predict", checkpoint, store, store, "--workers", 1, cwd=tmp_path, check=False)
     assert done.returncode == 2 and f"{store}: given twice" in done.stderr, done.stderr
+
+
+def test_scenes_in_flight_are_what_the_workers_can_run():
+    """A worker of 8 threads and 1 GPU runs one GPU task at a time: only so many scenes go out."""
+    from elegantviz.engine.collection import _slots
+
+    class Cluster:
+        def scheduler_info(self, n_workers=5):
+            return {"workers": {"a": {"nthreads": 8, "resources": {"GPU": 1}}, "b": {"nthreads": 8, "resources": {}},
+                                "c": {"nthreads": 2, "resources": {"GPU": 4}}}}
+
+    assert _slots(Cluster(), None) == 18
+    assert _slots(Cluster(), {"GPU": 1}) == 1 + 0 + 2
+    assert _slots(Cluster(), {"GPU": 2}) == 0 + 0 + 2
+    assert _slots(Cluster(), {"TPU": 1}) == 1  # none fits yet: one goes out and waits for such a worker
