@@ -382,7 +382,7 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path, img, capsys):
         ([str(img), str(tmp_path / "d.zarr"), "--chunk", "17"], "even number of pixels"),
         ([str(img), str(tmp_path / "e.zarr"), "--mask", str(tmp_path / "two.tif")], "it has 2"),
         ([str(tmp_path / "empty.tif"), str(tmp_path / "f.zarr")], "empty.tif: not a raster"),
-        ([str(tmp_path), str(tmp_path / "g.zarr")], "is a directory, not a raster"),
+        ([str(tmp_path / "plain"), str(tmp_path / "g")], "plain: no rasters (.tif"),  # a folder: its rasters
     ]
     for argv, message in cases:
         assert main(["convert", "-q", *argv]) == 2, argv

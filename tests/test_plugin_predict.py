@@ -125,14 +125,14 @@ def test_predict_dock_keeps_the_gui_responsive_and_adds_every_part(make_napari_v
 # resume must not need it)
 HOLD_BOUNDARY_UNTIL_CANCEL = """
 import sys
-from elegantviz import cli
+from elegantviz import cli, predict_json
 from elegantviz.engine import predict
 asked = []
-real_watch = cli.watch_stdin
+real_watch = predict_json.watch_stdin
 def watch(cancel):
     asked.append(cancel)
     real_watch(cancel)
-cli.watch_stdin = watch
+predict_json.watch_stdin = watch
 real_sobel = predict.sobel_map
 def held(*args, **kwargs):
     assert asked[0].wait(60)

@@ -153,7 +153,7 @@ def report(outcomes: list[Outcome], what: str, retry: str = "rerun the same comm
     ran = len(outcomes) - skipped - len(failed)
     print(f"{what}: {ran} done, {skipped} already done (skipped), {len(failed)} failed")
     if failed:
-        lines = "\n".join(f"  {o.scene}: {o.error}" for o in failed)
+        lines = "\n".join(f"  {o.error if o.error.startswith(o.scene) else f'{o.scene}: {o.error}'}" for o in failed)
         raise CollectionFailed(f"{len(failed)} of {len(outcomes)} scenes failed ({retry}):\n{lines}")
 
 
