@@ -146,6 +146,7 @@ class SceneSampler:
         self.crop_size, self.level, self.flips, self.rot90 = crop_size, level, flips, rot90
         self.rng = np.random.default_rng(seed)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._shapes: dict[int, tuple[int, ...]] = {}
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Normalised image and labels of one scene at the training level (cached: scenes that
@@ -157,6 +158,12 @@ class SceneSampler:
             lab[~valid] = IGNORE_INDEX
             self._cache[index] = (img, lab)
         return self._cache[index]
+
+    def _shape(self, index: int) -> tuple[int, ...]:
+        """A scene's shape at the training level, read once (on S3 a metadata read is a request)."""
+        if index not in self._shapes:
+            self._shapes[index] = tuple(self.scenes[index].image(self.level).shape)
+        return self._shapes[index]
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         return self.step_samples(1, range(1))[0]
@@ -174,8 +181,7 @@ class SceneSampler:
             indices = [int(i) for i in self.rng.choice(n, size=count, replace=count > n)]
         out = []
         for j, index in enumerate(indices):
-            shape = self.scenes[index].image(self.level).shape
-            window = crop_window(shape, self.crop_size, self.rng) if self.mode == "sliced" else None
+            window = crop_window(self._shape(index), self.crop_size, self.rng) if self.mode == "sliced" else None
             turn = dihedral_choice(self.rng, self.flips, self.rot90)
             if j in mine:
                 img, lab = self.load(index)

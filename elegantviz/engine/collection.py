@@ -8,7 +8,8 @@ calls, so the stores are the same byte for byte.
 
 What a crash costs: a scene store is resumable at every stage (predict's cache, convert's
 ledgers), so a worker that dies mid-scene leaves that scene to be finished, and a rerun of the
-same command skips every scene already done for the same job (:func:`scene_done`). A scene
+same command skips every scene already done for the same job (``store_done`` for convert,
+``engine.predict.prediction_done`` for predict). A scene
 that fails is reported by name with its one-line error at the end and does not stop the others.
 """
 
@@ -98,7 +99,8 @@ def run_scenes(task: Callable[..., dict], scenes: list[str], args: tuple, *, cli
         futures: dict = {}
 
         def submit() -> None:
-            while waiting and len(futures) < _slots(client, resources):
+            slots = _slots(client, resources) if waiting else 0  # one scheduler query per completion
+            while waiting and len(futures) < slots:
                 i, s = waiting.pop(0)
                 future = client.submit(task, s, *args, key=f"elegantviz-{what}-{i}-{_token()}", pure=False,
                                        resources=resources)
