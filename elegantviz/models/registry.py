@@ -9,8 +9,12 @@ from typing import Any
 import torch
 
 from .elegantseg import ElegantSeg
+from .isdnet import ISDNet
 
-__all__ = ["Preset", "PRESETS", "ModelInfo", "build_model", "list_models", "print_models", "count_flops"]
+__all__ = ["Preset", "PRESETS", "FAMILIES", "ModelInfo", "build_model", "model_family", "list_models", "print_models", "count_flops"]
+
+
+FAMILIES: dict[str, type[torch.nn.Module]] = {"elegantseg": ElegantSeg, "isdnet": ISDNet}
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,7 @@ class Preset:
     name: str
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    family: str = "elegantseg"  # a key of FAMILIES
 
 
 _PAPER = dict(context="mlk", dim=256, hidden_dim=256, output_stride=4)
@@ -32,26 +37,38 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     # heads small enough that a 1024^2 scene trains in about 3 GB on a 2-core CPU.
     Preset("elegantseg-cpu", "ElegantSeg for CPU: HRNet-W18-small-v2, d=64, stride 8",
            dict(backbone="hrnet_w18_small_v2", context="mlk", dim=64, hidden_dim=64, output_stride=8)),
+    Preset("isdnet", "ISDNet: ResNet-18 (deep stem, OS 8) on the 1/4 image + STDC on Laplacian residuals, 2 RAF",
+           dict(), family="isdnet"),
+    # Half the fusion width and half the STDC width: the shallow branch, the only part at full
+    # resolution, costs a quarter; the backbone (at 1/4 of the image) is unchanged.
+    Preset("isdnet-cpu", "ISDNet for CPU: fusion width 64 (r 8), STDC base 32",
+           dict(channels=64, r=8, stdc_base=32), family="isdnet"),
 ]}
 
 # Measured by benchmarks/models.py: HRNet runs faster in channels_last on CPU (see notes).
 DEFAULT_CHANNELS_LAST = True
 
 
-def build_model(name: str, num_classes: int, in_chans: int = 3, **overrides: Any) -> ElegantSeg:
+def build_model(name: str, num_classes: int, in_chans: int = 3, **overrides: Any) -> torch.nn.Module:
     """Build preset ``name`` (see :data:`PRESETS`); keyword ``overrides`` replace preset values
-    (any :class:`ElegantSeg` argument, e.g. ``pretrained=True``, ``output_stride=8``)."""
+    (any argument of the preset's class, e.g. ``pretrained=True``, ``output_stride=8``)."""
     try:
         preset = PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; choose from {', '.join(PRESETS)}") from None
     kwargs = dict(preset.kwargs)
-    kwargs.setdefault("channels_last", DEFAULT_CHANNELS_LAST)
+    if preset.family == "elegantseg":
+        kwargs.setdefault("channels_last", DEFAULT_CHANNELS_LAST)
     kwargs.update(overrides)
-    model = ElegantSeg(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if model.channels_last:
+    model = FAMILIES[preset.family](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if getattr(model, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def model_family(name: str) -> str:
+    """The family of preset ``name`` (``elegantseg``, ``isdnet``)."""
+    return PRESETS[name].family
 
 
 @dataclass(frozen=True)
@@ -81,11 +98,14 @@ def count_flops(model: torch.nn.Module, size: int = 1024, in_chans: int = 3) -> 
 @lru_cache(maxsize=None)
 def _info(name: str, num_classes: int, in_chans: int, size: int, flops: bool) -> ModelInfo:
     # On the meta device nothing is allocated or computed: instant even for W48 at 1024^2.
+    family = PRESETS[name].family
+    meta = dict(depthwise_impl="direct", channels_last=False) if family == "elegantseg" else {}
     with torch.device("meta"):
-        model = build_model(name, num_classes, in_chans, depthwise_impl="direct", channels_last=False).eval()
+        model = build_model(name, num_classes, in_chans, **meta).eval()
     params = sum(p.numel() for p in model.parameters())
     gflops = count_flops(model, size, in_chans) / 1e9 if flops else None
-    return ModelInfo(name, model.backbone.name, model.output_stride, params, gflops, PRESETS[name].description)
+    backbone = getattr(model.backbone, "name", None) or model.backbone.default_cfg.get("architecture", "?")
+    return ModelInfo(name, backbone, model.output_stride, params, gflops, PRESETS[name].description)
 
 
 def list_models(num_classes: int = 24, in_chans: int = 4, size: int = 1024, flops: bool = True) -> list[ModelInfo]:

@@ -1,0 +1,34 @@
+"""Training losses: ElegantSeg's BAE (:mod:`.bae`) and ISDNet's (:mod:`.isdnet`).
+
+:func:`training_loss` picks the one a model's output asks for (its ``loss`` attribute; ElegantSeg's
+outputs have none), so the trainer runs any model family unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .bae import (BoundaryAwareLoss, banded_bae_loss, boundary_mask, boundary_weights, elegantseg_loss, label_sobel,
+                  sobel_kernels, weighted_cross_entropy)
+from .isdnet import ISD_WEIGHTS, affinity_l1, isdnet_loss, resized_ce
+
+__all__ = [
+    "sobel_kernels", "label_sobel", "boundary_mask", "boundary_weights", "weighted_cross_entropy", "elegantseg_loss",
+    "banded_bae_loss", "BoundaryAwareLoss", "ISD_WEIGHTS", "isdnet_loss", "affinity_l1", "resized_ce", "training_loss",
+]
+
+
+def training_loss(out: Any, labels: torch.Tensor, loss_cfg: Any, ignore_index: int | None = 255
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(total, scalar terms) of a training forward's output; ``loss_cfg`` is the config's ``loss``
+    (w_bd, w_aux, sobel_ksize: BAE's; ISDNet's weights are the official code's)."""
+    kind = getattr(out, "loss", "elegantseg")
+    if kind == "isdnet":
+        return isdnet_loss(out, labels, ignore_index)
+    if kind != "elegantseg":
+        raise ValueError(f"no training loss for model outputs of kind {kind!r}")
+    total, terms = elegantseg_loss(out, labels, loss_cfg.w_bd, loss_cfg.w_aux, loss_cfg.sobel_ksize, ignore_index,
+                                   return_terms=True)
+    return total, {k: terms[k] for k in ("seg", "aux")}
