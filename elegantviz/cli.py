@@ -141,6 +141,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     write_dataset(reports, args.out)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from elegantviz.engine.compare import compare_models, format_table, parse_model
+
+    specs = [parse_model(m) for m in args.model or []]
+    _open_all(args.scenes)
+    result = compare_models(specs, args.scenes, args.pair, args.device, args.crop, progress=not args.quiet)
+    print(format_table(result))
+    if args.out:
+        with writing(args.out):
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"table: {args.out}")
+
+
 def _check(args: argparse.Namespace) -> None:
     from elegantviz.io.check import check_scene
 
@@ -260,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-histogram", action="store_true", help="skip the class histograms (a full pass)")
 
     t = add("train", _train, "train a model on scene stores from a YAML config (holistic or sliced)")
-    t.add_argument("config", help="YAML config file, or a shipped config name (riverworld-cpu, fbp, deepglobe, inria)")
+    t.add_argument("config", help="YAML config file, or a shipped config name (riverworld-cpu, fbp, deepglobe, inria, "
+                                     "isdnet-riverworld, isdnet-deepglobe)")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt exactly where it stopped")
     t.add_argument("--out", help="run folder (overrides out_dir)")
     t.add_argument("--overwrite", action="store_true",
@@ -313,6 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-error-map", action="store_true", help="do not store labels/error in the scene")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier report.json in --out")
     add_cluster_options(e)
+
+    cm = add("compare", _compare, "several models on the same scenes: mIoU, per-class IoU, confused pixels, seconds "
+             "and peak RSS per model (each predicts into labels/<name>)")
+    cm.add_argument("scenes", nargs="+", help="scene stores with labels/gt")
+    cm.add_argument("--model", action="append", metavar="NAME=CKPT[@sliced]",
+                    help="a model to compare, its labels name and checkpoint; @sliced predicts with sliding windows "
+                         "(repeat)")
+    cm.add_argument("--pair", action="append", metavar="TRUE:PRED", type=checked(class_pair),
+                    help="confusion pair to count, e.g. river:pond (repeat; default: the class table's)")
+    cm.add_argument("--crop", type=at_least(16), default=512, help="window size of @sliced models (default 512)")
+    cm.add_argument("--device", default="auto", type=checked(device_name), help="auto, cpu, cuda, cuda:1 ...")
+    cm.add_argument("--out", help="write the table as JSON here")
 
     ck = add("check", _check, "verify scene stores: parts complete, every chunk present and readable, metadata "
              "consistent; one line per problem, exit 2 when damaged")

@@ -152,8 +152,9 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
         raise InputError(f"{scene_path}: labels/{name} exists and was not written by predict; "
                          "choose another --name (predict never replaces labels it did not make)")
     h, w = scene.shape[1:]
-    if min(h, w) < MIN_SIDE:  # the Sobel boundary's 5 x 5 stencil and HRNet's stride need a few pixels
-        raise InputError(f"{scene_path}: {h} x {w} px is too small to predict (each side needs {MIN_SIDE} px at least)")
+    side = max(MIN_SIDE, getattr(model, "min_side", 0))  # ISDNet's deep branch runs at 1/32
+    if min(h, w) < side:  # the Sobel boundary's 5 x 5 stencil and HRNet's stride need a few pixels
+        raise InputError(f"{scene_path}: {h} x {w} px is too small to predict (each side needs {side} px at least)")
     pairs_ids = parse_pairs(pairs, table)  # a bad pair is refused before the run, not after it
     if scene.shape[0] != trained.in_chans:
         raise InputError(f"{scene_path}: has {scene.shape[0]} bands, the model was trained on {trained.in_chans} "
@@ -162,7 +163,8 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
         raise InputError(f"{checkpoint}: trained at pyramid level {cfg.data.level}; prediction at level 0 only for now")
     has_gt = S.GT in scene.labels
     holistic = mode == "holistic"
-    stages = {"done": 0, "total": 2 + has_gt + (3 + 3 * (getattr(model, "ecr", None) is not None) if holistic else 0)}
+    evidence = holistic and getattr(model, "gives_evidence", True)
+    stages = {"done": 0, "total": 2 + has_gt + (3 + 3 * (getattr(model, "ecr", None) is not None) if evidence else 0)}
 
     def stage(what: str) -> None:
         if on_stage is not None:

@@ -38,7 +38,7 @@ from elegantviz.analysis.metrics import per_class_iou
 from elegantviz.config import TrainConfig, save_config
 from elegantviz.data.datasets import Normalization, SceneSampler, check_run_scenes, open_training_scenes
 from elegantviz.errors import InputError
-from elegantviz.losses import elegantseg_loss
+from elegantviz.losses import loss_terms, training_loss
 from elegantviz.engine.checkpoints import (NonFiniteError, build_configured, nonfinite_tensors, pick_device,
                                            read_checkpoint, save_atomic)
 from elegantviz.engine.precise_bn import recompute_bn_stats
@@ -256,7 +256,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # BatchNorm's running statistics move in forward: kept to be put back if the step is skipped
         buffers = {n: b.clone() for n, b in self.model.named_buffers()}
-        totals = {"loss": 0.0, "seg": 0.0, "aux": 0.0}
+        totals = dict.fromkeys(("loss", *loss_terms(self.model)), 0.0)
         # backward runs inside the policy: the disk target removes its spill folder on exit
         with self.meter.step(iteration=self.iteration + 1), self.policy.apply(self.model, self.meter):
             acc = cfg.optim.accumulate
@@ -264,15 +264,13 @@ class Trainer:
                 x, y = self._tensors(img, lab)
                 with self._autocast():
                     out = self.model(x, upsample=False)  # the loss upsamples band by band
-                    loss, terms = elegantseg_loss(out, y, cfg.loss.w_bd, cfg.loss.w_aux, cfg.loss.sobel_ksize,
-                                                  self.table.ignore_index, return_terms=True)
+                    loss, terms = training_loss(out, y, cfg.loss, self.table.ignore_index)
                 if not torch.isfinite(loss.detach()):
                     totals["loss"] = float("nan")
                     break
-                (loss / cfg.optim.accumulate).backward()
-                totals["loss"] += float(loss.detach()) / cfg.optim.accumulate
-                totals["seg"] += float(terms["seg"]) / cfg.optim.accumulate
-                totals["aux"] += float(terms["aux"]) / cfg.optim.accumulate
+                (loss / acc).backward()
+                for k, v in {"loss": loss, **terms}.items():
+                    totals[k] += float(v.detach()) / acc
         self.ranks.average(self.model, totals, self.iteration + 1)
         params = [p for p in self.model.parameters() if p.grad is not None]
         limit = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf

@@ -172,6 +172,9 @@ def forward_halo_tiles(
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected a (1, c, H, W) image, got {tuple(image.shape)}")
+    if not hasattr(model, "segments"):  # the tiles walk ElegantSeg's units
+        raise InputError(f"--tile runs ElegantSeg unit by unit; {type(model).__name__} predicts the whole scene in "
+                         "one pass: predict it without --tile")
     if getattr(model, "sweep", None) is not None:  # its state crosses every tile: no halo bounds it
         raise InputError("--tile: this model has the global sweep path (global_path: sweep), whose recurrences run "
                          "across the whole feature map; predict it without --tile")

@@ -41,6 +41,8 @@ def predict_whole(model, image: np.ndarray, device: torch.device) -> Prediction:
         if tap:
             tap.close()
     ev = out.evidence
+    if ev is None:  # a model without evidence (ISDNet): the labels alone
+        return Prediction(labels=out.logits.argmax(1)[0].to(torch.uint8).cpu().numpy())
     pred = Prediction(labels=out.logits.argmax(1)[0].to(torch.uint8).cpu().numpy(), stride=ev.output_stride,
                       margin=ev.margin[0].float().cpu().numpy(), hard=ev.hard_mask()[0].to(torch.uint8).cpu().numpy())
     if ev.keys is not None and tap is not None:

@@ -1,7 +1,8 @@
 """Training losses: ElegantSeg's BAE (:mod:`.bae`) and ISDNet's (:mod:`.isdnet`).
 
 :func:`training_loss` picks the one a model's output asks for (its ``loss`` attribute; ElegantSeg's
-outputs have none), so the trainer runs any model family unchanged.
+outputs have none), so the trainer runs any model family unchanged; :func:`loss_terms` names the
+terms a model's loss logs before any forward (ranks average them by name).
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ from .isdnet import ISD_WEIGHTS, affinity_l1, isdnet_loss, resized_ce
 __all__ = [
     "sobel_kernels", "label_sobel", "boundary_mask", "boundary_weights", "weighted_cross_entropy", "elegantseg_loss",
     "banded_bae_loss", "BoundaryAwareLoss", "ISD_WEIGHTS", "isdnet_loss", "affinity_l1", "resized_ce", "training_loss",
+    "loss_terms",
 ]
+
+TERMS = {"elegantseg": ("seg", "aux"), "isdnet": tuple(ISD_WEIGHTS)}
+
+
+def loss_terms(model: Any) -> tuple[str, ...]:
+    """The logged terms of ``model``'s training loss (its ``loss_kind``; ElegantSeg's by default)."""
+    return TERMS[getattr(model, "loss_kind", "elegantseg")]
 
 
 def training_loss(out: Any, labels: torch.Tensor, loss_cfg: Any, ignore_index: int | None = 255
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total, scalar terms) of a training forward's output; ``loss_cfg`` is the config's ``loss``
     (w_bd, w_aux, sobel_ksize: BAE's; ISDNet's weights are the official code's)."""
-    kind = getattr(out, "loss", "elegantseg")
+    kind = getattr(out, "loss_kind", "elegantseg")
     if kind == "isdnet":
         return isdnet_loss(out, labels, ignore_index)
     if kind != "elegantseg":

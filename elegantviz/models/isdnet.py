@@ -54,7 +54,7 @@ class ISDOutput(SegOutput):
     residual: torch.Tensor | None = None  # its target: residual 0 + residual 1 upsampled (full size)
     deep_feat: torch.Tensor | None = None  # 128 x 1/32
     sr_feat: torch.Tensor | None = None  # 128 x 1/2, the SR decoder's features
-    loss: str = "isdnet"  # which training loss (elegantviz.losses.training_loss)
+    loss_kind: str = "isdnet"  # which training loss (elegantviz.losses.training_loss)
 
 
 class SegHead(nn.Sequential):
@@ -108,6 +108,8 @@ class ISDNet(nn.Module):
 
     output_stride = 8
     min_side = MIN_SIDE
+    loss_kind = "isdnet"  # elegantviz.losses.loss_terms
+    gives_evidence = False  # no margin, hard region or attention: predict writes the labels alone
 
     def __init__(
         self,
