@@ -190,7 +190,9 @@ def test_large_presets_shapes_gradients_batch(name):
 
 
 def test_every_preset_is_tested():
-    assert set(PRESETS) == {"elegantseg-s", "elegantseg-m", "elegantseg-l", "ehsnet", "elegantseg-cpu"}
+    # the isdnet presets are tested in test_isdnet.py
+    assert set(PRESETS) == {"elegantseg-s", "elegantseg-m", "elegantseg-l", "ehsnet", "elegantseg-cpu", "isdnet",
+                            "isdnet-cpu"}
 
 
 def test_implementations_and_memory_formats_agree():
@@ -232,6 +234,8 @@ def test_registry_and_table(capsys):
     assert s.params == _nparams(build_model("elegantseg-s", 24, 4))
     assert s.gflops > rows["elegantseg-cpu"].gflops > 0
     assert rows["elegantseg-l"].gflops > rows["elegantseg-m"].gflops > s.gflops
+    assert rows["isdnet"].params == _nparams(build_model("isdnet", 24, 4)) and rows["isdnet"].backbone == "resnet18d"
+    assert s.gflops > rows["isdnet"].gflops > rows["isdnet-cpu"].gflops > 0
     assert print_models(type("Args", (), {"size": 256})()) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in PRESETS)

@@ -47,6 +47,10 @@ def test_config_errors_name_the_key_and_file(tmp_path):
         load_config(bad)
     assert {"riverworld-cpu", "fbp", "deepglobe", "inria"} <= set(list_configs())
     assert load_config("fbp").model.name == "elegantseg-s"
+    isd = load_config("isdnet-deepglobe")  # the official recipe
+    assert (isd.model.name, isd.data.crop_size, isd.optim.optimizer, isd.optim.schedule, isd.optim.accumulate,
+            isd.iters) == ("isdnet", 1224, "sgd", "poly", 8, 80000)
+    assert load_config("isdnet-riverworld").model.name == "isdnet-cpu"
 
 
 def test_resume_continues_exactly(scenes, tmp_path):
