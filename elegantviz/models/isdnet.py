@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..autocast import no_autocast
 from .elegantseg import SegOutput
 from .laplacian import LaplacianPyramid
 from .raf import RAF, ConvBNReLU, PooledNorm, pooled_norm_layer
@@ -153,10 +154,13 @@ class ISDNet(nn.Module):
                 "heads": [self.head, self.aux8_head, self.aux16_head]}
 
     def residuals(self, images: torch.Tensor) -> torch.Tensor:
-        """The shallow branch's input: residual 0 and residual 1 (bilinearly upsampled), 2 x bands."""
-        r0, r1 = self.pyramid(images)
-        r1 = F.interpolate(r1, size=r0.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.cat([r0, r1], dim=1)
+        """The shallow branch's input: residual 0 and residual 1 (bilinearly upsampled), 2 x bands.
+        In float32 whatever the autocast: a residual is the difference of two close images, which
+        bfloat16's 8 bits of mantissa would leave mostly rounding error."""
+        with no_autocast(images):
+            r0, r1 = self.pyramid(images.float())
+            r1 = F.interpolate(r1, size=r0.shape[-2:], mode="bilinear", align_corners=False)
+            return torch.cat([r0, r1], dim=1)
 
     def forward(self, images: torch.Tensor, return_evidence: bool = False, upsample: bool = True) -> SegOutput:
         size = images.shape[-2:]
