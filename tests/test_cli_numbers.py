@@ -78,6 +78,7 @@ OPTIONS = [
     (["convert", f"{MISSING}", "out"], "--workers", whole(1, 512)),  # the missing input ends it before a cluster
     (["predict", f"{MISSING}.pt", f"{MISSING}.zarr"], "--workers", whole(1, 512)),
     (["evaluate", f"{MISSING}.zarr", "--out", "ev"], "--workers", whole(1, 512)),
+    (["compare", f"{MISSING}.zarr"], "--crop", whole(16)),
     (["evaluate", f"{MISSING}.zarr", "--out", "ev"], "--tolerance", whole(0, MAX_TOLERANCE)),
     (["evaluate", f"{MISSING}.zarr", "--out", "ev"], "--min-area", whole(1)),
     (["export", f"{MISSING}.zarr", "--out", "x.gpkg"], "--simplify", real(0)),

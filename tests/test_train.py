@@ -133,21 +133,21 @@ def test_auto_policy_refuses_a_budget_nothing_fits(scenes, tmp_path):
 
 
 def _nan_on(calls: set[int]):
-    """elegantseg_loss that returns NaN on the given (1-based) calls."""
-    from elegantviz.losses import elegantseg_loss
+    """training_loss that returns NaN on the given (1-based) calls."""
+    from elegantviz.losses import training_loss
 
     count = {"n": 0}
 
     def loss(*args, **kwargs):
         count["n"] += 1
-        total, terms = elegantseg_loss(*args, **kwargs)
+        total, terms = training_loss(*args, **kwargs)
         return (total * float("nan") if count["n"] in calls else total), terms
 
     return loss
 
 
 def test_a_nan_loss_or_gradient_never_reaches_the_weights(scenes, tmp_path, monkeypatch):
-    monkeypatch.setattr("elegantviz.engine.train.elegantseg_loss", _nan_on({3}))
+    monkeypatch.setattr("elegantviz.engine.train.training_loss", _nan_on({3}))
     trainer = Trainer(small_config(scenes, tmp_path / "run", iters=4), progress=False)
     trainer.step(), trainer.step()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -170,7 +170,7 @@ def test_a_nan_loss_or_gradient_never_reaches_the_weights(scenes, tmp_path, monk
 
 
 def test_training_stops_after_nan_steps_in_a_row_naming_the_last_checkpoint(scenes, tmp_path, monkeypatch):
-    monkeypatch.setattr("elegantviz.engine.train.elegantseg_loss", _nan_on(set(range(3, 100))))
+    monkeypatch.setattr("elegantviz.engine.train.training_loss", _nan_on(set(range(3, 100))))
     cfg = small_config(scenes, tmp_path / "run", iters=6, ckpt_every=2, val_every=100)
     trainer = Trainer(cfg, progress=False)
     with pytest.raises(NonFiniteError, match=r"iteration 3: 3 steps in a row .* last good checkpoint is .*last.pt"):
