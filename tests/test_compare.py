@@ -41,7 +41,7 @@ def test_isdnet_trains_with_its_seven_terms_logged(isdnet_checkpoint):
     _, log = isdnet_checkpoint
     steps = [r for r in log if "loss" in r]
     assert len(steps) == 3 and {"seg", "deep", "aux8", "aux16", "sr", "sd", "fcn"} <= set(steps[0])
-    assert steps[0]["policy"] == "none"  # the planner measured ISDNet and kept everything in place
+    assert steps[0]["policy"] == "none"  # policy auto: the planner's dry runs ran ISDNet's own loss
     assert any("val" in r for r in log)
 
 
@@ -57,9 +57,12 @@ def test_isdnet_predicts_labels_alone_and_refuses_tiles(isdnet_checkpoint, river
 
 def test_isdnet_refuses_a_scene_smaller_than_its_deep_branch(isdnet_checkpoint, tmp_path):
     best, _ = isdnet_checkpoint
-    small = create_scene(tmp_path / "small.zarr", np.zeros((4, 24, 64), np.uint8), progress=False)
-    with pytest.raises(InputError, match="24 x 64 px is too small to predict .each side needs 32 px"):
+    small = create_scene(tmp_path / "small.zarr", np.zeros((4, 48, 96), np.uint8), progress=False)
+    with pytest.raises(InputError, match="48 x 96 px is too small to predict .each side needs 64 px"):
         predict_scene(best, small.url, name="isdnet", progress=False)
+    with pytest.raises(InputError, match="--crop 32: this model takes windows of 64 px"):
+        big = create_scene(tmp_path / "big.zarr", np.zeros((4, 96, 96), np.uint8), progress=False)
+        predict_scene(best, big.url, name="isdnet", mode="sliced", crop=32, progress=False)
 
 
 def _confusion(scene, name: str, k: int) -> np.ndarray:

@@ -61,6 +61,7 @@ def test_shapes_through_every_part_at_a_1224_crop():
     with torch.no_grad():
         ev = m(torch.randn(1, 3, 1224, 1224))
     assert not isinstance(ev, ISDOutput) and ev.logits.shape == (1, 7, 1224, 1224) and ev.evidence is None
+    assert ev.aux_logits is None  # inference keeps the main logits alone (no second K x H x W map)
 
 
 def _scipy_residuals(img: np.ndarray, levels: int) -> list[np.ndarray]:
@@ -149,7 +150,7 @@ def test_affinity_loss_in_blocks_equals_the_dense_matrices():
     b = b / (b.norm(dim=2, keepdim=True) + 1e-6)
     dense = F.l1_loss(a.transpose(1, 2) @ a, (b.transpose(1, 2) @ b).detach())
     dense.backward()
-    assert abs(float(blocked) - float(dense)) < 1e-6
+    assert abs(float(blocked.detach()) - float(dense.detach())) < 1e-6
     torch.testing.assert_close(g_blocked.float(), seg.grad.float(), atol=1e-6, rtol=1e-4)
     assert sr.grad is None  # the SR side teaches, it is not taught
 
@@ -164,7 +165,7 @@ def test_loss_has_every_official_term_with_its_weight():
     total, terms = isdnet_loss(out, labels)
     assert tuple(terms) == loss_terms(m) == tuple(ISD_WEIGHTS) and len(terms) == 7
     assert ISD_WEIGHTS == {"seg": 1.0, "deep": 1.0, "aux8": 1.0, "aux16": 1.0, "sr": 0.1, "sd": 1.0, "fcn": 0.4}
-    assert abs(float(total) - sum(ISD_WEIGHTS[k] * float(v) for k, v in terms.items())) < 1e-4
+    assert abs(float(total.detach()) - sum(ISD_WEIGHTS[k] * float(v) for k, v in terms.items())) < 1e-4
     up = F.interpolate(out.logits, size=(96, 128), mode="bilinear", align_corners=False)
     assert abs(float(terms["seg"]) - float(F.cross_entropy(up, labels, ignore_index=255))) < 1e-5
     sr = F.interpolate(out.sr, size=(96, 128), mode="bilinear", align_corners=False)
@@ -197,29 +198,108 @@ def test_any_band_count_and_class_count():
     out = m(torch.randn(1, 4, 128, 160))
     assert out.residual.shape[1] == 4 and out.sr.shape[1] == 4 and out.logits.shape[1] == 24
     assert m.shallow.stem[0][0].in_channels == 8  # two residuals of 4 bands
-    with pytest.raises(ValueError, match="at least 32 px"):
-        m(torch.randn(1, 4, 16, 64))
+    with pytest.raises(ValueError, match="at least 64 px"):
+        m(torch.randn(1, 4, 48, 64))
+
+
+def _official_stdc_names(net: ShallowNet) -> dict[str, str]:
+    """STDCNet813's own key names for each tensor of ours, spelled out from its layout: features.0
+    and .1 are ConvX (conv, bn); features.2.. the CatBottlenecks (conv_list.j.conv / .bn, avd_layer.0 / .1)."""
+    names = {}
+    blocks = [("stem.0", "convx"), ("stem.1", "convx")] + [(f"stages.{i}.{j}", "cat") for i in range(2) for j in range(2)]
+    for f, (ours, kind) in enumerate(blocks):
+        for k in net.state_dict():
+            if not k.startswith(ours + "."):
+                continue
+            rest = k[len(ours) + 1:].split(".")
+            if kind == "convx":
+                names[k] = f"features.{f}.{'conv' if rest[0] == '0' else 'bn'}.{rest[-1]}"
+            elif rest[0] == "convs":
+                names[k] = f"features.{f}.conv_list.{rest[1]}.{'conv' if rest[2] == '0' else 'bn'}.{rest[-1]}"
+            else:  # avd
+                names[k] = f"features.{f}.avd_layer.{rest[1]}.{rest[-1]}"
+    return names
 
 
 def test_stdc_weights_are_loaded_with_the_first_conv_repeated(tmp_path):
     torch.manual_seed(0)
     official = ShallowNet(in_chans=3)
-    names = {"stem.0.0.weight": "features.0.conv.weight", "stem.0.1.weight": "features.0.bn.weight",
-             "stages.0.0.convs.1.0.weight": "features.2.conv_list.1.conv.weight",
-             "stages.0.0.avd.0.weight": "features.2.avd_layer.0.weight",
-             "stages.1.1.convs.3.1.running_var": "features.5.conv_list.3.bn.running_var"}
-    state = {names[k]: v for k, v in official.state_dict().items() if k in names}
+    for p in official.state_dict().values():
+        if p.is_floating_point():
+            p.normal_()  # every tensor distinct, so a wrong mapping cannot pass
+    names = _official_stdc_names(official)
+    assert len(names) == len(official.state_dict())
+    state = {names[k]: v for k, v in official.state_dict().items()}
     state["fc.weight"] = torch.randn(10, 4)  # ImageNet head: ignored
     path = tmp_path / "STDCNet813M.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
     net = ShallowNet(in_chans=6)
     load_stdc_weights(net, path)
-    w = official.state_dict()["stem.0.0.weight"]
-    torch.testing.assert_close(net.stem[0][0].weight, torch.cat([w, w], dim=1))
-    torch.testing.assert_close(net.stages[0][0].avd[0].weight, official.stages[0][0].avd[0].weight)
-    torch.testing.assert_close(net.stages[1][1].convs[3][1].running_var, official.stages[1][1].convs[3][1].running_var)
+    for k, v in net.state_dict().items():
+        want = official.state_dict()[k]
+        if k == "stem.0.0.weight":
+            want = torch.cat([want, want], dim=1)
+        torch.testing.assert_close(v, want, msg=k)
+    model = ISDNet(3, 3, stdc_weights=str(path), channels=64, r=8, stdc_base=64)
+    torch.testing.assert_close(model.shallow.stem[0][0].weight, net.stem[0][0].weight)
     torch.save({"other": torch.zeros(3)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="no weights of STDC"):
         load_stdc_weights(net, tmp_path / "bad.pt")
-    model = ISDNet(3, 3, stdc_weights=str(path), channels=64, r=8, stdc_base=64)
-    torch.testing.assert_close(model.shallow.stem[0][0].weight, torch.cat([w, w], dim=1))
+    torch.save({"features.0.conv.weight": state["features.0.conv.weight"]}, tmp_path / "part.pt")
+    with pytest.raises(ValueError, match="fills 1 of the shallow branch's tensors; missing"):
+        load_stdc_weights(net, tmp_path / "part.pt")
+
+
+def _bilinear_x2(x: np.ndarray) -> np.ndarray:
+    """2x bilinear upsampling, half-pixel centres (align_corners=False), edges clamped: by hand."""
+    def axis(a, n, ax):
+        src = np.clip((np.arange(2 * n) + 0.5) / 2 - 0.5, 0, n - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n - 1)
+        w = (src - lo).reshape([-1 if i == ax else 1 for i in range(a.ndim)])
+        return np.take(a, lo, ax) * (1 - w) + np.take(a, hi, ax) * w
+    return axis(axis(x, x.shape[0], 0), x.shape[1], 1)
+
+
+def test_shallow_input_is_both_residuals_at_full_resolution():
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(3, 64, 80))
+    m = build_model("isdnet-cpu", 3, 3).double()
+    got = m.residuals(torch.from_numpy(img)[None])[0].numpy()
+    assert got.shape == (6, 64, 80)
+    for band in range(3):
+        r0, r1 = _scipy_residuals(img[band], 2)
+        np.testing.assert_allclose(got[band], r0, atol=1e-10)
+        np.testing.assert_allclose(got[3 + band], _bilinear_x2(r1), atol=1e-10)
+
+
+def test_each_head_reads_its_own_features():
+    torch.manual_seed(0)
+    m = build_model("isdnet-cpu", 4, 3).train()
+    for mod in m.modules():  # dropout off, so a head run again gives the same logits
+        if isinstance(mod, torch.nn.Dropout2d):
+            mod.p = 0.0
+    seen = {}
+    for name in ("fuse8", "fuse16", "backbone", "aspp", "sr_decoder"):
+        getattr(m, name).register_forward_hook(lambda mod, i, o, name=name: seen.__setitem__(name, o))
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 96, 128))
+        torch.testing.assert_close(out.aux8, m.aux8_head(seen["fuse8"][1]))  # RAF-8's context features
+        torch.testing.assert_close(out.aux16, m.aux16_head(seen["fuse16"][1]))  # RAF-16's
+        torch.testing.assert_close(out.fcn, m.fcn_head(seen["backbone"][0]))  # ResNet stage 3
+        torch.testing.assert_close(out.aux_logits, seen["aspp"][0])  # the deep branch
+        torch.testing.assert_close(out.deep_feat, seen["aspp"][1])
+        torch.testing.assert_close(out.sr, seen["sr_decoder"][0])
+        torch.testing.assert_close(out.sr_feat, seen["sr_decoder"][1])
+
+
+def test_bf16_autocast_keeps_residuals_and_losses_in_float32():
+    m = build_model("isdnet-cpu", 3, 3).train()
+    x, labels = torch.randn(1, 3, 64, 64), torch.randint(0, 3, (1, 64, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        total, terms = isdnet_loss(out, labels)
+    assert out.residual.dtype == torch.float32 and out.logits.dtype == torch.bfloat16
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())

@@ -58,7 +58,8 @@ def test_main_head_learns_water_as_the_auxiliary_head_does(trained):
     print(f"water IoU: main head {main:.3f}, auxiliary head {aux:.3f}; |g| of the RAF gates {gates}")
     assert aux > 0.5, aux  # the run itself learned
     assert main >= 0.6 and main >= aux - 0.05, (main, aux)
-    assert max(gates) > 0, gates  # the channel affinity was learned in
+    # learned in: 120 AdamW steps of at most 2e-3 whose signs were random would walk about 0.02
+    assert max(gates) > 0.03, gates
 
 
 def test_activations_stay_in_scale_after_training(trained):

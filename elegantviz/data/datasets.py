@@ -94,12 +94,14 @@ def open_training_scenes(paths: list[str], label: str, what: str) -> tuple[list[
 CELL = 32  # HRNet's coarsest stride: a scene is padded to whole cells of this side
 
 
-def check_run_scenes(train: list[Scene], val: list[Scene], table: ClassTable, label: str, level: int) -> None:
+def check_run_scenes(train: list[Scene], val: list[Scene], table: ClassTable, label: str, level: int,
+                     min_side: int = 0) -> None:
     """Before the first step: validation scenes fit the training set (a 3-band validation scene
     used to crash after the first training stretch), the level exists, every training scene is
     large enough for a training step (BatchNorm needs more than one value per channel at stride
     32: a 1 x 1 scene crashed in the first forward), and every scene has labelled pixels (a
-    scene of ignore only trained with a loss of 0.0 and no word)."""
+    scene of ignore only trained with a loss of 0.0 and no word). ``min_side``: the model's own
+    smallest side (ISDNet's deep branch at 1/32), for every scene."""
     first = train[0]
     for s in val:
         if s.shape[0] != first.shape[0]:
@@ -114,6 +116,9 @@ def check_run_scenes(train: list[Scene], val: list[Scene], table: ClassTable, la
         if s in train and math.ceil(h / CELL) * math.ceil(w / CELL) < 2:
             raise InputError(f"{s.url}: {h} x {w} px at data.level {level} is too small to train on (a step needs "
                              f"more than one {CELL} x {CELL} px cell, e.g. {2 * CELL} x {CELL} px)")
+        if min(h, w) < min_side:
+            raise InputError(f"{s.url}: {h} x {w} px at data.level {level} is smaller than this model takes "
+                             f"({min_side} px a side at least)")
         if not has_labelled_pixel(s.label_levels(label), table.ignore_index):
             raise InputError(f"{s.url}: labels/{label} has no labelled pixel (all {table.ignore_index} = ignore); "
                              "nothing to learn or score")

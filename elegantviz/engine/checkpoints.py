@@ -43,6 +43,9 @@ class TrainedModel:
         return int(getattr(self.model, "output_stride", 1))
 
 
+WEIGHT_FILES = ("pretrained_file", "stdc_weights")  # model overrides naming files of starting weights
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -170,7 +173,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> Tra
     bad = nonfinite_tensors({"model": ck["model"]})
     if bad:
         raise InputError(f"{path}: holds non-finite weights ({', '.join(bad[:3])}); the checkpoint is damaged")
-    model = build_configured(cfg, table.num_classes, in_chans, f"{path} config")
+    # the checkpoint holds every weight: a weight file the training started from is not read again
+    files = {k: None for k in WEIGHT_FILES if k in cfg.model.overrides}
+    model = build_configured(cfg, table.num_classes, in_chans, f"{path} config", **files)
     fit_weights(model, ck["model"], path)
     model.to(device).eval()
     meta = {k: ck[k] for k in ("iteration", "best_miou", "skipped", "log") if k in ck}

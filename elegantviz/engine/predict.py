@@ -155,6 +155,8 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     side = max(MIN_SIDE, getattr(model, "min_side", 0))  # ISDNet's deep branch runs at 1/32
     if min(h, w) < side:  # the Sobel boundary's 5 x 5 stencil and HRNet's stride need a few pixels
         raise InputError(f"{scene_path}: {h} x {w} px is too small to predict (each side needs {side} px at least)")
+    if mode == "sliced" and crop < side:
+        raise InputError(f"--crop {crop}: this model takes windows of {side} px a side at least")
     pairs_ids = parse_pairs(pairs, table)  # a bad pair is refused before the run, not after it
     if scene.shape[0] != trained.in_chans:
         raise InputError(f"{scene_path}: has {scene.shape[0]} bands, the model was trained on {trained.in_chans} "

@@ -117,7 +117,6 @@ class Trainer:
         d = cfg.data
         self.train_scenes, self.table = open_training_scenes(d.train, d.label, "training")
         self.val_scenes = open_training_scenes(d.val, d.label, "validation")[0] if d.val else []
-        check_run_scenes(self.train_scenes, self.val_scenes, self.table, d.label, d.level)
         self.in_chans = self.train_scenes[0].shape[0]
         self.bands = self.train_scenes[0].bands
         self.norm = Normalization.of_scenes(self.train_scenes)
@@ -126,6 +125,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         extra = {"pretrained": True} if cfg.model.pretrained else {}
         self.model = build_configured(cfg, self.table.num_classes, self.in_chans, "config", **extra).to(self.device)
+        check_run_scenes(self.train_scenes, self.val_scenes, self.table, d.label, d.level,
+                         getattr(self.model, "min_side", 0))
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, cfg))
         self.sampler = SceneSampler(self.train_scenes, self.norm, d.label, d.mode, d.crop_size, d.level, d.flips,

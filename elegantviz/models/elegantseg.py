@@ -33,7 +33,7 @@ class SegOutput:
     asked not to upsample; evidence only when asked for."""
 
     logits: torch.Tensor  # (n, c, H, W), or (n, c, ceil(H / stride), ceil(W / stride))
-    aux_logits: torch.Tensor
+    aux_logits: torch.Tensor | None  # None where a model has no auxiliary head at inference (ISDNet)
     evidence: Evidence | None = None
     stride: int = 1
 

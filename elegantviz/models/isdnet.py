@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..autocast import no_autocast
+from ..autocast import compute_dtype, no_autocast
 from .elegantseg import SegOutput
 from .laplacian import LaplacianPyramid
 from .raf import RAF, ConvBNReLU, PooledNorm, pooled_norm_layer
@@ -38,15 +38,15 @@ from .stdc import ShallowNet, load_stdc_weights
 
 __all__ = ["ISDNet", "ISDOutput", "ASPP", "SegHead", "SRDecoder", "MIN_SIDE"]
 
-MIN_SIDE = 32  # px: the deep branch runs at 1/32 of the image
+MIN_SIDE = 64  # px: the deep branch runs at 1/32 of the image; BatchNorm trains at batch 1 on its 2 x 2 cells
 
 
 @dataclass
 class ISDOutput(SegOutput):
     """What ISDNet's training losses need besides the main logits (training mode only).
 
-    ``aux_logits`` is the deep branch's; every logit map stays at its own stride (the losses
-    resize them to the labels, as the official code does)."""
+    ``aux_logits`` is the deep branch's, at 1/32; every logit map stays at its own stride (the
+    losses resize them to the labels, as the official code does), ``stride`` is the main logits'."""
 
     aux8: torch.Tensor | None = None  # auxiliary head on RAF-8's context features (1/8)
     aux16: torch.Tensor | None = None  # auxiliary head on RAF-16's context features (1/16)
@@ -59,11 +59,27 @@ class ISDOutput(SegOutput):
 
 
 class SegHead(nn.Sequential):
-    """ISDNet's and mmseg's heads: dropout, 3x3 conv-BN-ReLU to ``mid``, 1x1 classifier."""
+    """ISDNet's heads: dropout (the main head's, from mmseg's ``cls_seg``; the auxiliary heads have
+    none), 3x3 conv-BN-ReLU to ``mid``, 1x1 classifier."""
 
     def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1):
         super().__init__(nn.Dropout2d(dropout), ConvBNReLU(in_channels, mid_channels, 3),
                          nn.Conv2d(mid_channels, num_classes, 1))
+
+
+def _mmseg_classifier(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """mmseg's ``cls_seg``: dropout, then a 1x1 conv initialised N(0, 0.01)."""
+    conv = nn.Conv2d(channels, num_classes, 1)
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
+    return nn.Sequential(nn.Dropout2d(dropout), conv)
+
+
+class FCNAux(nn.Sequential):
+    """mmseg's FCNHead as ISDNet's auxiliary head on ResNet stage 3: 3x3 conv-BN-ReLU, then ``cls_seg``."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__(ConvBNReLU(in_channels, channels, 3), *_mmseg_classifier(channels, num_classes, dropout))
 
 
 class ASPP(nn.Module):
@@ -78,7 +94,7 @@ class ASPP(nn.Module):
         self.branches = nn.ModuleList(ConvBNReLU(in_channels, channels, 1 if d == 1 else 3, dilation=d)
                                       for d in dilations)
         self.bottleneck = ConvBNReLU((len(dilations) + 1) * channels, channels, 3)
-        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
+        self.classifier = _mmseg_classifier(channels, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = F.interpolate(self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -134,7 +150,7 @@ class ISDNet(nn.Module):
                                           out_indices=(3, 4), in_chans=in_chans)
         c3, c4 = self.backbone.feature_info.channels()
         self.aspp = ASPP(c4, channels, num_classes, aspp_dilations, pooled_norm, dropout)
-        self.fcn_head = SegHead(c3, c3 // 4, num_classes, dropout)  # mmseg FCNHead: 3x3 to 64 channels
+        self.fcn_head = FCNAux(c3, c3 // 4, num_classes, dropout)  # 256 -> 64 channels, as the official config
         self.pyramid = LaplacianPyramid(in_chans, levels=2)
         self.shallow = ShallowNet(2 * in_chans, stdc_base, tuple(stdc_layers))
         if stdc_weights:
@@ -143,8 +159,8 @@ class ISDNet(nn.Module):
         self.fuse16 = RAF(s16, channels, channels, r, pooled_norm)
         self.fuse8 = RAF(s8, channels, channels, r, pooled_norm)
         self.head = SegHead(channels, channels // 2, num_classes, dropout)
-        self.aux8_head = SegHead(channels, channels // 2, num_classes, dropout)
-        self.aux16_head = SegHead(channels, channels // 2, num_classes, dropout)
+        self.aux8_head = SegHead(channels, channels // 2, num_classes, dropout=0.0)
+        self.aux16_head = SegHead(channels, channels // 2, num_classes, dropout=0.0)
         self.sr_decoder = SRDecoder(channels, in_chans)
 
     def parts(self) -> dict[str, list[nn.Module]]:
@@ -155,10 +171,10 @@ class ISDNet(nn.Module):
 
     def residuals(self, images: torch.Tensor) -> torch.Tensor:
         """The shallow branch's input: residual 0 and residual 1 (bilinearly upsampled), 2 x bands.
-        In float32 whatever the autocast: a residual is the difference of two close images, which
+        In float32 (or float64) whatever the autocast: a residual is the difference of two close images, which
         bfloat16's 8 bits of mantissa would leave mostly rounding error."""
         with no_autocast(images):
-            r0, r1 = self.pyramid(images.float())
+            r0, r1 = self.pyramid(images.to(compute_dtype(images)))
             r1 = F.interpolate(r1, size=r0.shape[-2:], mode="bilinear", align_corners=False)
             return torch.cat([r0, r1], dim=1)
 
@@ -175,11 +191,10 @@ class ISDNet(nn.Module):
         _, ctx16, fused16 = self.fuse16(feat16, deep_feat)
         _, ctx8, fused8 = self.fuse8(feat8, fused16)
         logits = self.head(fused8)
-        if not self.training:
+        if not self.training:  # the main logits alone, as the official inference (no auxiliary map)
             if upsample:
                 logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                deep_logits = F.interpolate(deep_logits, size=size, mode="bilinear", align_corners=False)
-            return SegOutput(logits, deep_logits, None, 1 if upsample else self.output_stride)
+            return SegOutput(logits, None, None, 1 if upsample else self.output_stride)
         sr, sr_feat = self.sr_decoder(deep_feat)
         r0, r1 = residuals.split(self.in_chans, dim=1)
         return ISDOutput(logits, deep_logits, None, self.output_stride, aux8=self.aux8_head(ctx8),

@@ -15,6 +15,7 @@ and a shift per channel), no dependence on the batch. ``'batch'`` is the officia
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -29,8 +30,8 @@ GROUP_WIDTH = 16  # channels per GroupNorm group on pooled vectors
 
 def pooled_norm_layer(kind: PooledNorm, channels: int) -> nn.Module:
     """The norm of a 1x1 conv on a globally pooled vector (see the module docstring)."""
-    if kind == "group":
-        return nn.GroupNorm(max(1, channels // GROUP_WIDTH), channels)
+    if kind == "group":  # groups of about GROUP_WIDTH channels, as many as divide the channels
+        return nn.GroupNorm(math.gcd(channels, max(1, channels // GROUP_WIDTH)), channels)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "none":
@@ -39,14 +40,15 @@ def pooled_norm_layer(kind: PooledNorm, channels: int) -> nn.Module:
 
 
 class ConvBNReLU(nn.Sequential):
-    """mmcv's ConvModule: conv without bias, BN, then ReLU unless ``relu=False``."""
+    """mmcv's ConvModule: conv without bias (Kaiming normal, fan out, as mmcv initialises it), BN,
+    then ReLU unless ``relu=False``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
                  relu: bool = True):
         pad = dilation * (kernel_size // 2)
-        layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad, dilation=dilation, bias=False),
-                  nn.BatchNorm2d(out_channels)]
-        super().__init__(*layers, *([nn.ReLU(inplace=True)] if relu else []))
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=pad, dilation=dilation, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        super().__init__(conv, nn.BatchNorm2d(out_channels), *([nn.ReLU(inplace=True)] if relu else []))
 
 
 class ChannelAttention(nn.Module):
@@ -84,8 +86,8 @@ class RAF(nn.Module):
         self.context_att = ChannelAttention(context_channels, channels, pooled_norm)
         self.spatial_mlp = _mlp(r * r, channels)
         self.context_mlp = _mlp(r * r, channels)
-        self.g1 = nn.Parameter(torch.zeros(1))
-        self.g2 = nn.Parameter(torch.zeros(1))
+        self.g1 = nn.Parameter(torch.zeros(()))  # 0-d: under bf16 autocast a (1,) tensor would promote
+        self.g2 = nn.Parameter(torch.zeros(()))  # the recalibrated maps to float32
         self.context_head = ConvBNReLU(channels, channels, 3)
         self.smooth = ConvBNReLU(channels, channels, 3, relu=False)
 

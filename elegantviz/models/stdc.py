@@ -3,7 +3,7 @@
 STDC is not in timm and its ImageNet weights (``STDCNet813M_73.91.tar``) are not on PyPI, so the
 network starts from random weights or from a file the user gives (``load_stdc_weights``: the
 official file's first convolution is widened to the input's channels by repeating it, as ISDNet's
-code does for its 6 Laplacian channels).
+code does for its 6 Laplacian channels: so ImageNet weights fit 3 x k bands only).
 
 Layout (``ShallowNet(in_chans=6)``): ConvX 6->32 /2, ConvX 32->64 /2, then two CatBottleneck
 stages: [64->256 /2, 256->256] gives the 1/8 features, [256->512 /2, 512->512] the 1/16 ones.
@@ -20,14 +20,12 @@ __all__ = ["ConvX", "CatBottleneck", "ShallowNet", "load_stdc_weights"]
 
 
 class ConvX(nn.Sequential):
-    """conv (no bias) - BN - ReLU."""
+    """conv (no bias; Kaiming normal, fan out, as STDC's ``init_params``) - BN - ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+        super().__init__(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class CatBottleneck(nn.Module):
@@ -48,7 +46,9 @@ class CatBottleneck(nn.Module):
         self.stride = stride
         if stride == 2:
             half = out_channels // 2
-            self.avd = nn.Sequential(nn.Conv2d(half, half, 3, 2, 1, groups=half, bias=False), nn.BatchNorm2d(half))
+            avd = nn.Conv2d(half, half, 3, 2, 1, groups=half, bias=False)
+            nn.init.kaiming_normal_(avd.weight, mode="fan_out")
+            self.avd = nn.Sequential(avd, nn.BatchNorm2d(half))
             self.skip = nn.AvgPool2d(3, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ def load_stdc_weights(net: ShallowNet, path: str | Path) -> None:
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = net.state_dict()
-    official = _official_names(own)
+    official = _official_names(net)
     loaded = {}
     for k, v in state.items():
         name = official.get(k.removeprefix("module."), k.removeprefix("module."))
@@ -107,15 +107,17 @@ def load_stdc_weights(net: ShallowNet, path: str | Path) -> None:
         loaded[name] = v
     if not loaded:
         raise ValueError(f"{path}: holds no weights of STDC's first two stages")
+    missing = [k for k in own if k not in loaded and not k.endswith("num_batches_tracked")]
+    if missing:  # another layout (STDC-2, another base width): a half-loaded branch would pass unnoticed
+        raise ValueError(f"{path}: fills {len(loaded)} of the shallow branch's tensors; missing "
+                         f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     net.load_state_dict(loaded, strict=False)
 
 
-def _official_names(own: dict) -> dict[str, str]:
+def _official_names(net: ShallowNet) -> dict[str, str]:
     """STDCNet813's key names (features.i.conv_list.j.conv / .bn, avd_layer.0/1) -> ours."""
     names = {}
-    blocks = ["stem.0", "stem.1"]
-    for k in sorted({k.split(".convs")[0] for k in own if k.startswith("stages.")}):
-        blocks.append(k)
+    blocks = ["stem.0", "stem.1"] + [f"stages.{i}.{j}" for i, stage in enumerate(net.stages) for j in range(len(stage))]
     for i, ours in enumerate(blocks):
         if ours.startswith("stem."):
             names[f"features.{i}.conv.weight"] = f"{ours}.0.weight"
