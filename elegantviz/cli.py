@@ -142,17 +142,22 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from elegantviz.engine.compare import compare_models, format_table, parse_model
+    from elegantviz.engine.compare import compare_models, failures, format_table, parse_model
 
     specs = [parse_model(m) for m in args.model or []]
+    if args.crop is not None and not any(s.mode == "sliced" for s in specs):
+        raise InputError("--crop applies to models given as NAME=CHECKPOINT@sliced; none is")
     _open_all(args.scenes)
-    result = compare_models(specs, args.scenes, args.pair, args.device, args.crop, progress=not args.quiet)
+    result = compare_models(specs, args.scenes, args.pair, args.device, args.crop or 512, args.convention,
+                            progress=not args.quiet)
     print(format_table(result))
     if args.out:
         with writing(args.out):
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"table: {args.out}")
+    if failures(result):
+        raise ElegantvizError(f"{len(failures(result))} of {len(specs)} models failed: {', '.join(failures(result))}")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -337,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(repeat)")
     cm.add_argument("--pair", action="append", metavar="TRUE:PRED", type=checked(class_pair),
                     help="confusion pair to count, e.g. river:pond (repeat; default: the class table's)")
-    cm.add_argument("--crop", type=at_least(16), default=512, help="window size of @sliced models (default 512)")
+    cm.add_argument("--crop", type=at_least(16), help="window size of @sliced models (default 512)")
+    cm.add_argument("--convention", choices=["all", "deepglobe", "inria"], default="all",
+                    help="mIoU convention: all classes, DeepGlobe (classes 1..6) or Inria (building IoU)")
     cm.add_argument("--device", default="auto", type=checked(device_name), help="auto, cpu, cuda, cuda:1 ...")
     cm.add_argument("--out", help="write the table as JSON here")
 

@@ -101,8 +101,10 @@ def test_compare_table_equals_a_dense_confusion_matrix(isdnet_checkpoint, tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--model", "a=missing.pt"], "missing.pt: no such checkpoint"),
     (["--model", "nocheckpoint"], "write NAME=CHECKPOINT"),
-    (["--model", "gt=CK"], "reserved"),
-    (["--model", "a=CK@tiled"], "holistic or sliced, not 'tiled'"),
+    (["--model", "gt=CK"], "'gt' is a name predict or the ground truth uses"),
+    (["--model", "error_x=CK"], "'error_x' is a name predict or the ground truth uses"),
+    (["--model", "a=CK@tiled"], "no such checkpoint; a mode after @ is holistic or sliced"),
+    (["--model", "a=CK", "--crop", "128"], "--crop applies to models given as NAME=CHECKPOINT@sliced"),
     (["--model", "a=CK", "--model", "a=CK"], "names must differ"),
     ([], "at least one --model"),
 ])
@@ -116,3 +118,23 @@ def test_compare_refuses_a_scene_without_ground_truth(tmp_path):
     bare = create_scene(tmp_path / "bare.zarr", np.zeros((4, 64, 64), np.uint8), progress=False)
     r = _cli("compare", bare.url, "--model", f"es={shipped_checkpoint()}")
     assert r.returncode == 2 and "has no labels/gt" in r.stderr
+
+
+def test_compare_keeps_measuring_after_a_failed_model(riverworld_store, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    at = tmp_path / "lr@1e-3.pt"  # an @ in a checkpoint's own name
+    at.write_bytes(shipped_checkpoint().read_bytes())
+    out = tmp_path / "cmp.json"
+    r = _cli("compare", riverworld_store.url, "--model", f"bad={bad}", "--model", f"es={at}", "--out", out, "-q")
+    assert r.returncode == 2 and "1 of 2 models failed: bad" in r.stderr, r.stderr
+    rows = {row["model"]: row for row in json.loads(out.read_text())["models"]}
+    assert "error" in rows["bad"] and "bad.pt" in rows["bad"]["error"] and rows["es"]["miou"] > 0.5
+    assert "bad: failed:" in r.stdout and r.stdout.splitlines()[1].startswith("es ")
+
+
+def test_compare_refuses_to_replace_labels_predict_did_not_write(riverworld_store):
+    scene = open_scene(riverworld_store.url, mode="a")
+    scene.add_labels("mine", scene.label("gt"), classes=scene.classes, progress=False)
+    r = _cli("compare", riverworld_store.url, "--model", f"mine={shipped_checkpoint()}")
+    assert r.returncode == 2 and "labels/mine exists and was not written by predict" in r.stderr

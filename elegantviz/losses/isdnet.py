@@ -4,7 +4,8 @@
             + 0.1 * MSE(SR image, residual image) + 1.0 * L1(affinity(deep_feat), affinity(SR feats))
             + 0.4 * CE(FCN aux on ResNet stage 3)
 
-Every CE resizes its logits bilinearly to the labels (ignored pixels out). The SR image is
+Every CE resizes its logits bilinearly to the labels and averages over the labelled pixels
+(mmseg 0.16 divided by all pixels, ignored ones included: the same where nothing is ignored). The SR image is
 resized bilinearly to the residual image (residual 0 + upsampled residual 1). The structure
 distillation compares the HW x HW self-similarities of deep_feat and of the SR decoder's
 features (resized bilinearly to deep_feat's size), each feature L2-normalised per channel over
