@@ -2,6 +2,7 @@
 a dense confusion matrix of the labels it left in the stores."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -19,7 +20,7 @@ from elegantviz.weights import shipped_checkpoint
 
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "elegantviz", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,8 @@ def test_compare_table_equals_a_dense_confusion_matrix(isdnet_checkpoint, tmp_pa
              "--model", f"sl={shipped_checkpoint()}@sliced", "--crop", 128, "--out", out, "-q")
     assert r.returncode == 0, r.stderr
     table = r.stdout.splitlines()
-    assert table[0].split()[:3] == ["model", "mode", "mIoU"] and [line.split()[0] for line in table[1:4]] == ["isd", "es", "sl"]
+    assert table[0].split()[:3] == ["model", "mode", "mIoU"]
+    assert [line.split()[0] for line in table[1:4]] == ["isd", "es", "sl"]
     result = json.loads(out.read_text())
     k = open_scene(scenes[0]).classes.num_classes
     names = open_scene(scenes[0]).classes.names

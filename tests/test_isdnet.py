@@ -45,7 +45,8 @@ def test_shapes_through_every_part_at_a_1224_crop():
     seen = {}
     for name in ("backbone", "aspp", "shallow", "fuse16", "fuse8", "head", "sr_decoder"):
         getattr(m, name).register_forward_hook(
-            lambda mod, i, o, name=name: seen.__setitem__(name, [tuple(t.shape) for t in (o if isinstance(o, (tuple, list)) else [o])]))
+            lambda mod, i, o, name=name: seen.__setitem__(
+                name, [tuple(t.shape) for t in (o if isinstance(o, (tuple, list)) else [o])]))
     with torch.no_grad():
         out = m(torch.randn(1, 3, 1224, 1224))
     assert isinstance(out, ISDOutput)
@@ -206,7 +207,8 @@ def _official_stdc_names(net: ShallowNet) -> dict[str, str]:
     """STDCNet813's own key names for each tensor of ours, spelled out from its layout: features.0
     and .1 are ConvX (conv, bn); features.2.. the CatBottlenecks (conv_list.j.conv / .bn, avd_layer.0 / .1)."""
     names = {}
-    blocks = [("stem.0", "convx"), ("stem.1", "convx")] + [(f"stages.{i}.{j}", "cat") for i in range(2) for j in range(2)]
+    blocks = [("stem.0", "convx"), ("stem.1", "convx")]
+    blocks += [(f"stages.{i}.{j}", "cat") for i in range(2) for j in range(2)]
     for f, (ours, kind) in enumerate(blocks):
         for k in net.state_dict():
             if not k.startswith(ours + "."):

@@ -3,8 +3,8 @@
 Each model predicts every scene into ``labels/<name>`` by the real ``elegantviz predict`` in a
 child process of its own, so its seconds and its peak RSS (the child's, from ``wait4``) are that
 model's alone, start-up and model loading included (``forward s``: predict's forward stage, i.e.
-reading and normalising the scene, the network and caching its outputs). Then each model's labels are evaluated against
-``labels/gt`` and the scenes' confusion matrices summed (a dataset-level mIoU, as
+reading and normalising the scene, the network and caching its outputs). Then each model's
+labels are evaluated against ``labels/gt`` and the scenes' confusion matrices summed (a dataset-level mIoU, as
 :func:`~elegantviz.engine.evaluate.dataset_report`). The labels stay in the stores, so the error
 navigator and notebook 5 show any two models side by side afterwards.
 """
@@ -53,7 +53,7 @@ def parse_model(spec: str) -> ModelSpec:
         raise InputError(f"--model {spec!r}: {name!r} is a name predict or the ground truth uses; name the model "
                          "(e.g. isdnet=...): its labels go to labels/<name>")
     if not Path(path).is_file():
-        hint = "; a mode after @ is holistic or sliced" if "@" in rest and mode == "holistic" and rest == path else ""
+        hint = "; a mode after @ is holistic or sliced" if "@" in path else ""
         raise InputError(f"--model {spec!r}: {path}: no such checkpoint{hint}")
     return ModelSpec(name, path, mode)
 
@@ -113,7 +113,8 @@ def compare_models(specs: list[ModelSpec], scenes: list[str], pairs: list[str] |
     rows = []
     for i, spec in enumerate(specs):
         if progress:
-            print(f"[{i + 1}/{len(specs)}] {spec.name}: predicting {len(scenes)} scene(s) ({spec.mode})", file=sys.stderr)
+            print(f"[{i + 1}/{len(specs)}] {spec.name}: predicting {len(scenes)} scene(s) ({spec.mode})",
+                  file=sys.stderr)
         try:
             run = _predict_child(spec, scenes, device, crop, pairs)
             reports = [evaluate_scene(p, pred=spec.name, pairs=pairs or None, convention=convention, progress=False)
@@ -142,8 +143,8 @@ def format_table(result: dict) -> str:
                  *(f"{r['pairs'][p]:,d}" for p in pairs), f"{r['seconds']:.1f}", f"{r['forward_s']:.1f}",
                  f"{r['peak_rss_bytes'] / 2**30:.2f}"] for r in done]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-        lines = ["  ".join(str(c).rjust(w) if i >= 2 else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-                 for cells in [head, *body]]
+        lines = ["  ".join(str(c).rjust(w) if i >= 2 else str(c).ljust(w)
+                           for i, (c, w) in enumerate(zip(cells, widths))) for cells in [head, *body]]
     lines += [f"{r['model']}: failed: {r['error']}" for r in result["models"] if "error" in r]
     return "\n".join(lines)
 

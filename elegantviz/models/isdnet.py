@@ -89,8 +89,9 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, channels: int, num_classes: int, dilations: Sequence[int] = (1, 12, 24, 36),
                  pooled_norm: PooledNorm = "group", dropout: float = 0.1):
         super().__init__()
-        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1, bias=pooled_norm == "none"),
-                                        pooled_norm_layer(pooled_norm, channels), nn.ReLU(inplace=True))
+        pool_conv = nn.Conv2d(in_channels, channels, 1, bias=pooled_norm == "none")
+        self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), pool_conv, pooled_norm_layer(pooled_norm, channels),
+                                        nn.ReLU(inplace=True))
         self.branches = nn.ModuleList(ConvBNReLU(in_channels, channels, 1 if d == 1 else 3, dilation=d)
                                       for d in dilations)
         self.bottleneck = ConvBNReLU((len(dilations) + 1) * channels, channels, 3)
@@ -171,8 +172,8 @@ class ISDNet(nn.Module):
 
     def residuals(self, images: torch.Tensor) -> torch.Tensor:
         """The shallow branch's input: residual 0 and residual 1 (bilinearly upsampled), 2 x bands.
-        In float32 (or float64) whatever the autocast: a residual is the difference of two close images, which
-        bfloat16's 8 bits of mantissa would leave mostly rounding error."""
+        In float32 (or float64) whatever the autocast: a residual is the difference of two close
+        images, which bfloat16's 8 bits of mantissa would leave mostly rounding error."""
         with no_autocast(images):
             r0, r1 = self.pyramid(images.to(compute_dtype(images)))
             r1 = F.interpolate(r1, size=r0.shape[-2:], mode="bilinear", align_corners=False)

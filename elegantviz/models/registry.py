@@ -11,7 +11,8 @@ import torch
 from .elegantseg import ElegantSeg
 from .isdnet import ISDNet
 
-__all__ = ["Preset", "PRESETS", "FAMILIES", "ModelInfo", "build_model", "model_family", "list_models", "print_models", "count_flops"]
+__all__ = ["Preset", "PRESETS", "FAMILIES", "ModelInfo", "build_model", "list_models", "print_models",
+           "count_flops"]
 
 
 FAMILIES: dict[str, type[torch.nn.Module]] = {"elegantseg": ElegantSeg, "isdnet": ISDNet}
@@ -64,11 +65,6 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, **overrides: Any
     if getattr(model, "channels_last", False):
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def model_family(name: str) -> str:
-    """The family of preset ``name`` (``elegantseg``, ``isdnet``)."""
-    return PRESETS[name].family
 
 
 @dataclass(frozen=True)

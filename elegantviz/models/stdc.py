@@ -103,7 +103,8 @@ def load_stdc_weights(net: ShallowNet, path: str | Path) -> None:
         if v.dim() == 4 and v.shape[1] < own[name].shape[1] and own[name].shape[1] % v.shape[1] == 0:
             v = v.repeat(1, own[name].shape[1] // v.shape[1], 1, 1)
         if v.shape != own[name].shape:
-            raise ValueError(f"{path}: {k} is {tuple(v.shape)}, the shallow branch's {name} is {tuple(own[name].shape)}")
+            raise ValueError(f"{path}: {k} is {tuple(v.shape)}, the shallow branch's {name} is "
+                             f"{tuple(own[name].shape)}")
         loaded[name] = v
     if not loaded:
         raise ValueError(f"{path}: holds no weights of STDC's first two stages")
