@@ -52,16 +52,12 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_gb": %s / 1024})
 def forward_gflop(name: str, h: int, w: int, bands: int, classes: int) -> float:
     import torch
 
-    from elegantviz.models.registry import build_model
-    from torch.utils.flop_counter import FlopCounterMode
+    from elegantviz.models.registry import build_model, count_flops
 
     kwargs = {"depthwise_impl": "direct"} if name.startswith("elegantseg") else {}
     with torch.device("meta"):
         model = build_model(name, classes, bands, **kwargs).eval()
-        x = torch.empty(1, bands, h, w)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    return counter.get_total_flops() / 1e9
+        return count_flops(model, (h, w), bands) / 1e9
 
 
 def speed(extrapolate: list[str]) -> dict:

@@ -147,7 +147,6 @@ def _compare(args: argparse.Namespace) -> None:
     specs = [parse_model(m) for m in args.model or []]
     if args.crop is not None and not any(s.mode == "sliced" for s in specs):
         raise InputError("--crop applies to models given as NAME=CHECKPOINT@sliced; none is")
-    _open_all(args.scenes)
     result = compare_models(specs, args.scenes, args.pair, args.device, args.crop or 512, args.convention,
                             progress=not args.quiet)
     print(format_table(result))
@@ -156,8 +155,9 @@ def _compare(args: argparse.Namespace) -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"table: {args.out}")
-    if failures(result):
-        raise ElegantvizError(f"{len(failures(result))} of {len(specs)} models failed: {', '.join(failures(result))}")
+    failed = failures(result)
+    if failed:
+        raise ElegantvizError(f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}")
 
 
 def _check(args: argparse.Namespace) -> None:

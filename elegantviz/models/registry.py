@@ -77,15 +77,16 @@ class ModelInfo:
     description: str
 
 
-def count_flops(model: torch.nn.Module, size: int = 1024, in_chans: int = 3) -> int:
-    """Forward FLOPs of ``model`` on a 1 x in_chans x size x size input (torch's flop counter).
+def count_flops(model: torch.nn.Module, size: int | tuple[int, int] = 1024, in_chans: int = 3) -> int:
+    """Forward FLOPs of ``model`` on a 1 x in_chans x size x size (or x h x w) input (torch's flop counter).
 
     Depthwise convolutions are counted as direct convolutions (the counter knows no FFT).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
-    x = torch.empty(1, in_chans, size, size, device=device)
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.empty(1, in_chans, h, w, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops()

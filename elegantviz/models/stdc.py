@@ -115,20 +115,26 @@ def load_stdc_weights(net: ShallowNet, path: str | Path) -> None:
     net.load_state_dict(loaded, strict=False)
 
 
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _conv_bn(names: dict[str, str], theirs: str, ours: str) -> None:
+    names[f"{theirs}.conv.weight"] = f"{ours}.0.weight"
+    names.update({f"{theirs}.bn.{p}": f"{ours}.1.{p}" for p in _BN})
+
+
 def _official_names(net: ShallowNet) -> dict[str, str]:
-    """STDCNet813's key names (features.i.conv_list.j.conv / .bn, avd_layer.0/1) -> ours."""
-    names = {}
-    blocks = ["stem.0", "stem.1"] + [f"stages.{i}.{j}" for i, stage in enumerate(net.stages) for j in range(len(stage))]
-    for i, ours in enumerate(blocks):
-        if ours.startswith("stem."):
-            names[f"features.{i}.conv.weight"] = f"{ours}.0.weight"
-            for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-                names[f"features.{i}.bn.{p}"] = f"{ours}.1.{p}"
+    """STDCNet813's key names (features.i.conv / .bn, features.i.conv_list.j.*, avd_layer.0/1) -> ours."""
+    names: dict[str, str] = {}
+    blocks = [(f"stem.{k}", None) for k in range(len(net.stem))]
+    blocks += [(f"stages.{i}.{j}", block) for i, stage in enumerate(net.stages) for j, block in enumerate(stage)]
+    for f, (ours, block) in enumerate(blocks):
+        if block is None:  # a ConvX
+            _conv_bn(names, f"features.{f}", ours)
             continue
-        for j in range(8):
-            names[f"features.{i}.conv_list.{j}.conv.weight"] = f"{ours}.convs.{j}.0.weight"
-            for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-                names[f"features.{i}.conv_list.{j}.bn.{p}"] = f"{ours}.convs.{j}.1.{p}"
-                names[f"features.{i}.avd_layer.1.{p}"] = f"{ours}.avd.1.{p}"
-        names[f"features.{i}.avd_layer.0.weight"] = f"{ours}.avd.0.weight"
+        for j in range(len(block.convs)):
+            _conv_bn(names, f"features.{f}.conv_list.{j}", f"{ours}.convs.{j}")
+        if block.stride == 2:
+            names[f"features.{f}.avd_layer.0.weight"] = f"{ours}.avd.0.weight"
+            names.update({f"features.{f}.avd_layer.1.{p}": f"{ours}.avd.1.{p}" for p in _BN})
     return names

@@ -56,13 +56,13 @@ class _Measure(OffloadHooks):
 def default_loss(out: Any) -> torch.Tensor:
     """Cross-entropy on every 4-D output (logits and auxiliary logits), like the real loss; logits
     at a feature stride (``upsample=False``) through the banded BAE loss, as the trainer does;
-    ISDNet's training output through its own losses."""
-    if getattr(out, "loss_kind", None) == "isdnet":
-        from ..losses import isdnet_loss
+    another family's training output (one with a ``loss_kind``: ISDNet's) through its own loss."""
+    if getattr(out, "loss_kind", "elegantseg") != "elegantseg":
+        from ..losses import training_loss
 
-        labels = torch.zeros(out.residual.shape[0], *out.residual.shape[-2:], dtype=torch.uint8,
-                             device=out.residual.device)
-        return isdnet_loss(out, labels)[0]
+        labels = torch.zeros(out.logits.shape[0], *out.residual.shape[-2:], dtype=torch.uint8,
+                             device=out.logits.device)
+        return training_loss(out, labels, None)[0]
     stride = int(getattr(out, "stride", 1) or 1)
     if stride > 1:
         from ..losses import banded_bae_loss
