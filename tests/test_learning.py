@@ -45,6 +45,7 @@ def test_main_head_learns_water_as_the_auxiliary_head_does(trained):
         out = model(torch.from_numpy(img)[None])
     main = _water_iou(out.logits.argmax(1)[0].numpy(), labels)
     aux = _water_iou(out.aux_logits.argmax(1)[0].numpy(), labels)
+    print(f"sweep {model.sweep is not None}: water IoU main head {main:.3f}, auxiliary head {aux:.3f}")
     assert aux > 0.5, aux  # the run itself learned
     assert main >= 0.5 and main >= aux - 0.1, (main, aux)
     assert model.ecr.gamma.detach().abs().max() > 0  # ECR's residual opened
