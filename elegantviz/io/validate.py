@@ -13,6 +13,7 @@ request per ``zarr.json`` and one listing per ``labels/`` and ``maps/``, never a
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -38,10 +39,12 @@ def broken(url: str, where: str, problem: str) -> SceneStoreError:
 def node(group: zarr.Group, path: str, url: str, where: str, array: bool) -> Any:
     """``group[path]`` as an array (or a group), or one line naming the ``zarr.json`` zarr cannot use."""
     try:
-        found = group[path]
+        with warnings.catch_warnings():  # a value its dtype cannot hold (a fill value of 1e20 in float16)
+            warnings.simplefilter("error", RuntimeWarning)  # would be cast to inf with only a warning
+            found = group[path]
     except KeyError:
         raise broken(url, where, f"is missing (no {where}/{METADATA_FILE})") from None
-    except BROKEN as e:
+    except (*BROKEN, RuntimeWarning) as e:
         raise broken(url, f"{where}/{METADATA_FILE}", f"cannot be read ({short_error(e)})") from None
     if isinstance(found, zarr.Array) != array:
         raise broken(url, where, f"is {'a group' if array else 'an array'}, not {'an array' if array else 'a group'}")
