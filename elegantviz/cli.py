@@ -108,13 +108,13 @@ def _predict_options(args: argparse.Namespace) -> dict:
     --mode sliced was silently ignored), and every scene opened before the first is written."""
     sliced = args.mode == "sliced"
     for option, value, mode in (("--tile", args.tile, "holistic"), ("--crop", args.crop, "sliced"),
-                                ("--overlap", args.overlap, "sliced")):
+                                ("--overlap", args.overlap, "sliced"), ("--tta", args.tta or None, "holistic")):
         if value is not None and (mode == "sliced") != sliced:
             raise InputError(f"{option} applies to --mode {mode}, not --mode {args.mode}")
     _open_all(args.scenes)
     return {"mode": args.mode, "name": args.name, "crop": 512 if args.crop is None else args.crop,
             "overlap": 1 / 3 if args.overlap is None else args.overlap, "pairs": args.pair, "device": args.device,
-            "tile": args.tile}
+            "tile": args.tile, **({"tta": True} if args.tta else {})}
 
 
 def _open_all(scenes: list[str]) -> None:
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=checked(tile_side), help="holistic in bounded memory: run the network unit by unit in "
                                                       "halo tiles of this many pixels (same result; for scenes that "
                                                       "do not fit)")
+    pr.add_argument("--tta", action="store_true",
+                    help="8x D4 test-time augmentation (flip x 4 rotations, logits summed) of a patch-based model "
+                         "(GLNet, FCtL), as FCtL's official test scripts")
     pr.add_argument("--progress-json", action="store_true",
                     help="machine-readable progress: one JSON object per line on stdout, "
                          '{"scene", "stage", "done", "total", "at"} as each stage starts (at: epoch seconds), '

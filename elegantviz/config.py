@@ -39,6 +39,9 @@ class ModelConfig:
     name: str = "elegantseg-cpu"
     pretrained: bool = False
     overrides: dict = field(default_factory=dict)
+    # earlier-stage checkpoints a staged model starts from, by the role the model gives them
+    # (GLNet's stage 2: {global: runs/glnet-1/best.pt}); relative paths are from where train runs
+    init: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -55,10 +58,10 @@ class OptimConfig:
     ``(1 - t)^power``; ``cosine`` decays to ``min_lr``. ``warmup: linear`` ramps from
     ``warmup_lr`` to ``lr`` instead of holding ``warmup_lr``."""
 
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # sgd | adam (L2 weight decay, GLNet's and FCtL's) | adamw
     lr: float = 0.01
     momentum: float = 0.9  # sgd only
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam and adamw
     weight_decay: float = 5e-4
     schedule: str = "step"  # step | poly | cosine
     warmup: str = "constant"  # constant | linear
@@ -131,6 +134,11 @@ def _scene_paths(v: list) -> None:
         raise ValueError(f"must be a list of scene store paths, got {v!r}")
 
 
+def _roles(v: dict) -> None:
+    if not all(isinstance(k, str) and k.strip() and isinstance(p, str) and p.strip() for k, p in v.items()):
+        raise ValueError(f"must map role names to checkpoint paths (e.g. {{global: runs/glnet-1/best.pt}}), got {v!r}")
+
+
 def _odd(v: int) -> None:
     if v < 3 or v % 2 == 0:
         raise ValueError(f"must be an odd number from 3 to 31, got {v}")
@@ -148,11 +156,11 @@ def _is_number(v: Any) -> bool:
 # further checks of form, by dotted key (each raises ValueError saying what the value must be)
 FORMS: dict[str, Any] = {
     "optim.betas": _betas, "optim.milestones": _milestones, "data.train": _scene_paths, "data.val": _scene_paths,
-    "loss.sobel_ksize": _odd, "out_dir": _not_blank, "data.label": label_name, "model.name": _not_blank,
+    "loss.sobel_ksize": _odd, "out_dir": _not_blank, "data.label": label_name, "model.name": _not_blank, "model.init": _roles,
     "device": device_name, "memory.budget": parse_size, "memory.threshold": parse_size,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.mode": ("holistic", "sliced"), "optim.optimizer": ("sgd", "adamw"),
+    "data.mode": ("holistic", "sliced"), "optim.optimizer": ("sgd", "adam", "adamw"),
     "optim.schedule": ("step", "poly", "cosine"), "optim.warmup": ("constant", "linear"),
 }
 

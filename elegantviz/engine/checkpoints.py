@@ -22,7 +22,7 @@ from elegantviz.classes import ClassTable
 from elegantviz.config import TrainConfig, config_from_dict
 from elegantviz.data.datasets import Normalization
 from elegantviz.errors import InputError
-from elegantviz.models.registry import build_model
+from elegantviz.models.registry import PRESETS, build_model
 
 
 @dataclass
@@ -118,6 +118,41 @@ def build_configured(cfg: TrainConfig, num_classes: int, in_chans: int, where: s
     except (TypeError, ValueError, RuntimeError) as e:
         raise InputError(f"{where}: model.overrides {cfg.model.overrides} build no {cfg.model.name} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def family_of(cfg: TrainConfig) -> str | None:
+    """The model family a config's preset belongs to (None for a name no longer in the registry)."""
+    preset = PRESETS.get(cfg.model.name)
+    return preset.family if preset else None
+
+
+def start_from_stages(model: torch.nn.Module, cfg: TrainConfig, where: str) -> None:
+    """Load the earlier-stage checkpoints ``model.init`` names into a staged model (GLNet, FCtL):
+    each one is read, checked to be of the model's family, and handed to ``model.load_role``."""
+    roles, known = cfg.model.init, tuple(getattr(model, "init_roles", ()))
+    stage = getattr(model, "stage", None)
+    if roles and not known:
+        raise InputError(f"{where}: model.init: {cfg.model.name}{f' stage {stage}' if stage else ''} starts from "
+                         "no earlier stage; remove model.init")
+    unknown = [r for r in roles if r not in known]
+    if unknown:
+        raise InputError(f"{where}: model.init: unknown role {unknown[0]!r} for {cfg.model.name}; "
+                         f"its roles are {', '.join(known)}")
+    missing = [r for r in getattr(model, "required_roles", ()) if r not in roles]
+    if missing:
+        raise InputError(f"{where}: model.init: stage {stage} of {cfg.model.name} starts from earlier stages' "
+                         f"checkpoints; add model.init.{missing[0]} (the {missing[0]} checkpoint's best.pt)")
+    family = family_of(cfg)
+    for role, file in roles.items():
+        ck = read_checkpoint(file)
+        other = family_of(config_from_dict(ck.get("config") or {}, f"{file} config"))
+        if other != family:
+            raise InputError(f"{file}: a checkpoint of a {other or 'unknown'} model, not of {family} "
+                             f"(model.init.{role} of {where})")
+        try:
+            model.load_role(role, ck["model"])
+        except ValueError as e:
+            raise InputError(f"{file}: does not fit model.init.{role} of {where} ({e})") from None
 
 
 def fit_weights(model: torch.nn.Module, state: dict, path: Path) -> None:

@@ -45,6 +45,8 @@ PREDICTED = "predicted_by"  # labels predict wrote carry the strategy's job; it 
 RUN = "run"  # every part a run writes carries its id: the parts it has swapped in already, after a resume
 STAGED = "staged"  # the parts of a run, written below its cache before they are swapped in
 MIN_SIDE = 8  # px
+VIEW = "view_"  # cached views of a patch model (views are written as labels/<name>-<view>)
+VIEW_OF = "view_of"  # the labels a view label belongs to: it goes when those are predicted again without it
 STREAMED = (S.KEYS, S.QUERIES)  # (d, h, w) at feature resolution: kept on disk, never read whole
 
 
@@ -70,6 +72,8 @@ def _cache_outputs(scene: Scene, name: str, pred: Prediction, job: dict) -> None
             setattr(pred, key, array)  # from here on read from the cache: the in-memory copy can go
         elif isinstance(value, np.ndarray):
             group.create_array(key, data=value, overwrite=True)
+    for view, value in pred.views.items():
+        group.create_array(VIEW + view, data=value, overwrite=True)
     group.attrs[S.KEY] = {"complete": True, **pred.scalars(), "job": job, RUN: uuid.uuid4().hex}
 
 
@@ -84,7 +88,8 @@ def _cached(scene: Scene, name: str, job: dict) -> Prediction | None:
         scene.drop_scratch(name)  # half-written, or another checkpoint or strategy: not to be resumed
         return None
     arrays = {key: group[key] if key in STREAMED else np.asarray(group[key][...]) for key in group.array_keys()}
-    return Prediction(**arrays, stride=meta["stride"], windows=meta.get("windows"))
+    views = {key[len(VIEW):]: arrays.pop(key) for key in list(arrays) if key.startswith(VIEW)}
+    return Prediction(**arrays, stride=meta["stride"], windows=meta.get("windows"), views=views)
 
 
 def predict_scene(
@@ -100,6 +105,7 @@ def predict_scene(
     on_stage: Callable[[str, int, int], None] | None = None,
     tile: int | None = None,
     trained: TrainedModel | None = None,
+    tta: bool = False,
 ) -> dict:
     """Predict one scene store in place; returns a summary (seconds, what was written).
 
@@ -111,22 +117,25 @@ def predict_scene(
     each part, e.g. ``"labels/pred"``) and once more with ``"done"``, for a progress bar; an
     exception it raises stops the run between stages, where the store is valid and resumable.
     ``trained``: ``checkpoint`` already loaded on ``device`` (a worker predicting many scenes).
+    ``tta``: 8x D4 test-time augmentation of a patch-based model (GLNet, FCtL). Such a model's
+    other outputs (GLNet's global-only and local-only maps) go to ``labels/<name>-<view>``.
     """
     with writer_lock(scene_path, "predict"):
         return _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, device, progress, on_stage,
-                              tile, trained)
+                              tile, trained, tta)
 
 
 def prediction_job(checkpoint: str | Path, mode: str = "holistic", crop: int = 512, overlap: float = 1 / 3,
-                   tile: int | None = None) -> dict:
+                   tile: int | None = None, tta: bool = False) -> dict:
     """What labels predict writes carry (``predicted_by``): the checkpoint, as a file and a
     version, and the strategy; a cache or a finished part of the same job needs no new run."""
     return {"checkpoint": str(Path(checkpoint).resolve()), "mtime": Path(checkpoint).stat().st_mtime,
-            **make_strategy(mode, crop, overlap, tile).job()}
+            **make_strategy(mode, crop, overlap, tile).job(), **({"tta": True} if tta else {})}
 
 
 def prediction_done(scene_path: str | Path, checkpoint: str | Path, mode: str = "holistic", name: str = S.PRED,
-                    crop: int = 512, overlap: float = 1 / 3, tile: int | None = None, **_) -> bool:
+                    crop: int = 512, overlap: float = 1 / 3, tile: int | None = None, tta: bool = False,
+                    **_) -> bool:
     """``labels/<name>`` of ``scene_path`` is finished and was written by this very job, with no
     run of it left to finish: a collection rerun skips the scene."""
     try:
@@ -136,17 +145,19 @@ def prediction_done(scene_path: str | Path, checkpoint: str | Path, mode: str = 
         meta = scene.part_meta(S.LABELS, name)
     except (InputError, OSError):
         return False
-    return meta.get("complete") is True and meta.get(PREDICTED) == prediction_job(checkpoint, mode, crop, overlap, tile)
+    return meta.get("complete") is True and meta.get(PREDICTED) == prediction_job(checkpoint, mode, crop, overlap, tile,
+                                                                                       tta)
 
 
 def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, device, progress, on_stage,
-                   tile, trained) -> dict:
+                   tile, trained, tta) -> dict:
     """The run itself, under the store's writer lock."""
-    strategy = make_strategy(mode, crop, overlap, tile)
+    make_strategy(mode, crop, overlap, tile)  # a bad option is refused before the model is read
     S.check_prediction_name(name, str(scene_path))
     dev = pick_device(device)
     trained = trained or load_model(checkpoint, dev)
     model, table, cfg = trained.model, trained.classes, trained.config
+    strategy = make_strategy(mode, crop, overlap, tile, tta, getattr(model, "patch_based", False))
     scene = open_scene(scene_path, mode="a")
     if name in scene.labels and name != S.PRED and not scene.part_meta(S.LABELS, name).get(PREDICTED):
         raise InputError(f"{scene_path}: labels/{name} exists and was not written by predict; "
@@ -178,7 +189,7 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     parts = [(S.LABELS, name), (S.LABELS, err)]
     if holistic or name == S.PRED:  # evidence describes labels/pred: it goes when pred is redone
         parts += [(S.MAPS, m) for m in S.EVIDENCE_MAPS] + [(S.LABELS, S.HARD)]
-    job = prediction_job(checkpoint, mode, crop, overlap, tile)
+    job = prediction_job(checkpoint, mode, crop, overlap, tile, tta)
     pred = _cached(scene, name, job)
     cached = pred is not None
     if pred is None:
@@ -197,9 +208,17 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
 
         pred = strategy(model, image, dev, progress=progress, scratch=scratch)
         pred.labels[~valid] = table.ignore_index
+        for value in pred.views.values():
+            value[~valid] = table.ignore_index
         _cache_outputs(scene, name, pred, job)
     stages["done"] += 1
     forward_s = time.perf_counter() - started
+    for view in pred.views:
+        part = f"{name}-{view}"
+        if part in scene.labels and not scene.part_meta(S.LABELS, part).get(PREDICTED):
+            raise InputError(f"{scene_path}: labels/{part} exists and was not written by predict; choose another "
+                             f"--name (the model's {view} view is written as labels/<name>-{view})")
+    stages["total"] += len(pred.views)
     shape = scene.shape[1:]
     tile = scene.tile
     # a part that replaces a finished one is written beside it first, and all are swapped in at the
@@ -228,6 +247,11 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
 
     put(S.LABELS, name, lambda where: scene.add_labels(name, labels, classes=table, progress=progress,
                                                   attrs={PREDICTED: job, **tag}, under=where))
+    for view, value in pred.views.items():
+        part = f"{name}-{view}"
+        put(S.LABELS, part, lambda where, part=part, value=value: scene.add_labels(
+            part, da.from_array(value, chunks=tile), classes=table, progress=progress,
+            attrs={PREDICTED: job, VIEW_OF: name, **tag}, under=where))
     if pred.has_evidence:
         s = pred.stride
         put(S.MAPS, S.MARGIN, lambda where: scene.add_map(
@@ -259,7 +283,8 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
         kind, part = path.split("/")
         if not swapped(kind, part):
             scene.swap_in(kind, part, under)
-    for kind, part in parts:  # what described the old labels/<name> and this run does not replace
+    views = [v for v in scene.labels if v.startswith(f"{name}-") and scene.part_meta(S.LABELS, v).get(VIEW_OF) == name]
+    for kind, part in parts + [(S.LABELS, v) for v in views]:  # what described the old labels/<name>, not replaced
         if S.part_path(kind, part) not in written:
             scene.remove(kind, part)
     stage("done")

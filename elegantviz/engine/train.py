@@ -40,7 +40,7 @@ from elegantviz.data.datasets import Normalization, SceneSampler, check_run_scen
 from elegantviz.errors import InputError
 from elegantviz.losses import loss_terms, training_loss
 from elegantviz.engine.checkpoints import (NonFiniteError, build_configured, nonfinite_tensors, pick_device,
-                                           read_checkpoint, save_atomic)
+                                           read_checkpoint, save_atomic, start_from_stages)
 from elegantviz.engine.precise_bn import recompute_bn_stats
 from elegantviz.engine.ranks import Ranks
 from elegantviz.engine.run_folder import check_resumable, prepare_run_folder, trim_log
@@ -75,9 +75,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     groups = param_groups(model, cfg)
     if o.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.optimizer == "adam":  # weight decay as an L2 term in the gradient, as torch's Adam
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
     if o.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    raise InputError(f"optim.optimizer: unknown optimizer {o.optimizer!r}; choose sgd or adamw")
+    raise InputError(f"optim.optimizer: unknown optimizer {o.optimizer!r}; choose sgd, adam or adamw")
 
 
 def param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -124,7 +126,9 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         extra = {"pretrained": True} if cfg.model.pretrained else {}
-        self.model = build_configured(cfg, self.table.num_classes, self.in_chans, "config", **extra).to(self.device)
+        self.model = build_configured(cfg, self.table.num_classes, self.in_chans, "config", **extra)
+        start_from_stages(self.model, cfg, "config")
+        self.model.to(self.device)
         check_run_scenes(self.train_scenes, self.val_scenes, self.table, d.label, d.level,
                          getattr(self.model, "min_side", 0))
         self.optimizer = make_optimizer(self.model, cfg)

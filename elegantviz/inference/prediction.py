@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ class Prediction:
     queries: Any = None  # (d, h, w)
     attention: np.ndarray | None = None  # (h, w) the hard region's mean attention, relative to uniform
     windows: int | None = None  # sliced: how many windows ran
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # other outputs as (H, W) class ids (GLNet's global)
 
     ARRAYS = ("labels", "margin", "hard", "keys", "queries", "attention")
 
@@ -47,4 +48,4 @@ class Prediction:
         return {k: getattr(self, k) for k in self.ARRAYS if getattr(self, k) is not None}
 
     def scalars(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.ARRAYS}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*self.ARRAYS, "views")}

@@ -25,8 +25,10 @@ TERMS = {"elegantseg": ("seg", "aux"), "isdnet": tuple(ISD_WEIGHTS)}
 
 
 def loss_terms(model: Any) -> tuple[str, ...]:
-    """The logged terms of ``model``'s training loss (its ``loss_kind``; ElegantSeg's by default)."""
-    return TERMS[getattr(model, "loss_kind", "elegantseg")]
+    """The logged terms of ``model``'s training loss: its own ``loss_terms`` where they depend on
+    its training stage (GLNet, FCtL), else those of its ``loss_kind`` (ElegantSeg's by default)."""
+    own = getattr(model, "loss_terms", None)
+    return tuple(own) if own is not None else TERMS[getattr(model, "loss_kind", "elegantseg")]
 
 
 def training_loss(out: Any, labels: torch.Tensor, loss_cfg: Any, ignore_index: int | None = 255

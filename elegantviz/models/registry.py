@@ -101,7 +101,8 @@ def _info(name: str, num_classes: int, in_chans: int, size: int, flops: bool) ->
         model = build_model(name, num_classes, in_chans, **meta).eval()
     params = sum(p.numel() for p in model.parameters())
     gflops = count_flops(model, size, in_chans) / 1e9 if flops else None
-    backbone = getattr(model.backbone, "name", None) or model.backbone.default_cfg.get("architecture", "?")
+    backbone = (getattr(model, "backbone_name", None) or getattr(model.backbone, "name", None)
+                or model.backbone.default_cfg.get("architecture", "?"))
     return ModelInfo(name, backbone, model.output_stride, params, gflops, PRESETS[name].description)
 
 
