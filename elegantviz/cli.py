@@ -10,6 +10,7 @@ from pathlib import Path
 from elegantviz import __version__
 from elegantviz.values import (at_least, band_number, checked, class_pair, device_name, label_name, non_negative,
                                overlap_fraction, size_text, tile_side, unique_list)
+from elegantviz.config import list_configs
 from elegantviz.errors import ElegantvizError, InputError, writing
 from elegantviz.io.schema import MIN_REGION_AREA
 from elegantviz.predict_json import predict_json
@@ -279,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--no-histogram", action="store_true", help="skip the class histograms (a full pass)")
 
     t = add("train", _train, "train a model on scene stores from a YAML config (holistic or sliced)")
-    t.add_argument("config", help="YAML config file, or a shipped config name (riverworld-cpu, fbp, deepglobe, inria, "
-                                     "isdnet-riverworld, isdnet-deepglobe)")
+    t.add_argument("config", help=f"YAML config file, or a shipped config name ({', '.join(list_configs())}; "
+                                     "staged models train stage by stage, each config naming the one before)")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt exactly where it stopped")
     t.add_argument("--out", help="run folder (overrides out_dir)")
     t.add_argument("--overwrite", action="store_true",

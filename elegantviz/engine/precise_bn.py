@@ -16,8 +16,11 @@ import torch
 def recompute_bn_stats(model: torch.nn.Module, images: list[torch.Tensor], autocast=nullcontext) -> None:
     """Precise BN: every BatchNorm's running mean and variance become the plain average of its
     batch statistics over ``images`` (forwards in train mode with momentum=None, a cumulative
-    average); dropout is off and nothing else changes. The model is left in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    average); dropout is off and nothing else changes. The model is left in eval mode. A frozen
+    BatchNorm (its parameters need no gradient: GLNet's and FCtL's frozen partner branches) keeps
+    the statistics of the stage that trained it."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and all(p.requires_grad for p in m.parameters(recurse=False))]
     if not norms or not images:
         return
     saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)

@@ -27,21 +27,28 @@ def d4_inverse(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return y.flip(-1) if flip else y
 
 
+def tta_logits(model, x: torch.Tensor, progress=None) -> torch.Tensor:
+    """The sum of the model's scene logits over the 8 D4 transforms of ``x``, each mapped back."""
+    logits = None
+    for k, flip in D4:
+        y = d4_inverse(model(d4(x, k, flip), progress=progress).logits.float(), k, flip)
+        logits = y if logits is None else logits + y
+    return logits
+
+
 @torch.no_grad()
 def predict_patches(model, image: np.ndarray, device: torch.device, progress: bool = False, tta: bool = False
                     ) -> Prediction:
     """The model's own patch inference on a (c, H, W) normalised image; with ``tta`` the logits of
-    the 8 D4 transforms are summed (the views come from the untransformed pass)."""
+    the 8 D4 transforms are summed (the views come from a pass of the untransformed image)."""
     from tqdm.auto import tqdm
 
     x = torch.from_numpy(image)[None].to(device)
     with tqdm(desc="patch predict", unit="patch", disable=not progress, leave=False) as bar:
         out = model(x, return_evidence=True, progress=bar.update)
-        logits = out.logits.float()
         views = {k: v[0].to(torch.uint8).cpu().numpy() for k, v in (getattr(out, "views", None) or {}).items()}
+        logits = tta_logits(model, x, bar.update) if tta else out.logits
         del out
-        for k, flip in D4[1:] if tta else ():
-            logits += d4_inverse(model(d4(x, k, flip), progress=bar.update).logits.float(), k, flip)
     return Prediction(labels=logits.argmax(1)[0].to(torch.uint8).cpu().numpy(), views=views)
 
 

@@ -18,32 +18,26 @@ from typing import Any
 
 import torch
 
-from .focal import focal_loss
+from .focal import focal_loss, patch_labels
 
-__all__ = ["FCTL_TERMS", "fctl_loss", "patch_labels"]
+__all__ = ["FCTL_TERMS", "fctl_loss"]
 
 FCTL_TERMS = ("focal",)
-
-
-def patch_labels(labels: torch.Tensor, boxes: list[tuple[int, int]], patch: int) -> torch.Tensor:
-    """(len(boxes) * n, p, p) label crops of (n, H, W) ``labels`` at each (top, left) box, patch-major
-    (box 0 of every image, then box 1, ...), the order the model emits its patch logits in."""
-    if labels.dim() == 2:
-        labels = labels.unsqueeze(0)
-    return torch.cat([labels[:, y : y + patch, x : x + patch] for y, x in boxes])
 
 
 def fctl_loss(out: Any, labels: torch.Tensor, ignore_index: int | None = 255, gamma: float = 3.0
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total, {"focal": value}) of an FCtL training output against (n, H, W) scene labels.
 
-    ``out.patch_logits`` is (len(out.boxes) * n, K, p, p), ``out.boxes`` the (top, left) of each
+    ``out.patch_logits`` is (n * len(out.boxes), K, p, p), ``out.boxes`` the (top, left) of each
     patch in scene pixels and ``out.patch`` its side p. The logits stay at full patch resolution
-    (FCN-8s decodes to the input size), so no resizing happens."""
+    (FCN-8s decodes to the input size), so no resizing happens (but for ``boxes=None``)."""
     logits = out.patch_logits
     p = int(out.patch)
-    target = patch_labels(labels, list(out.boxes), p)
-    if target.shape[0] != logits.shape[0] or tuple(target.shape[-2:]) != tuple(logits.shape[-2:]):
+    boxes = None if out.boxes is None else list(out.boxes)
+    target = patch_labels(labels, boxes, p)
+    mismatch = boxes is not None and tuple(target.shape[-2:]) != tuple(logits.shape[-2:])
+    if target.shape[0] != logits.shape[0] or mismatch:
         raise ValueError(f"FCtL loss: {logits.shape[0]} patch logits of {tuple(logits.shape[-2:])} against "
                          f"{target.shape[0]} label crops of {tuple(target.shape[-2:])}")
     loss = focal_loss(logits, target, gamma=gamma, ignore_index=ignore_index)

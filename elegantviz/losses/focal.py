@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from elegantviz.autocast import no_autocast
 
-__all__ = ["focal_loss", "labels_at"]
+__all__ = ["focal_loss", "labels_at", "patch_labels"]
 
 
 def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -34,3 +34,15 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 3.0, i
         pt = logp.gather(1, target[:, None])[:, 0].exp().clamp(1e-7, 1 - 1e-7)
         loss = -((1 - pt) ** gamma) * pt.log()
         return loss[keep].sum() / keep.sum().clamp(min=1)
+
+
+def patch_labels(labels: torch.Tensor, boxes: list[tuple[int, int]] | None, patch: int) -> torch.Tensor:
+    """(n * len(boxes), p, p) label crops of (n, H, W) ``labels`` at each (top, left) box, image-major
+    (every box of image 0, then of image 1, ...), the order the model emits its patch logits in.
+    ``boxes=None`` (DeepGlobe's global-thumbnail stage): the whole labels, which the focal loss
+    resizes to the logits by nearest neighbour as the official code."""
+    if labels.dim() == 2:
+        labels = labels.unsqueeze(0)
+    if boxes is None:
+        return labels
+    return torch.stack([labels[i, y : y + patch, x : x + patch] for i in range(labels.shape[0]) for y, x in boxes])

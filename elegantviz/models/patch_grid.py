@@ -80,12 +80,10 @@ def crop_footprints(feat: torch.Tensor, boxes: list[tuple[int, int]], patch: int
                     out_hw: tuple[int, int]) -> torch.Tensor:
     """The crop of a global map (1, c, h, w) at each patch's footprint, resized bilinearly to
     ``out_hw``: (len(boxes), c, *out_hw). The local branch sees the global features of its own region."""
-    crops = []
-    for box in boxes:
-        top, left, ph, pw = footprint(box, patch, scene_hw, feat.shape[-2:])
-        crop = feat[:, :, top : top + ph, left : left + pw]
-        crops.append(F.interpolate(crop, size=out_hw, mode="bilinear", align_corners=False))
-    return torch.cat(crops)
+    # every footprint on one map has the same size: one resize for all of them
+    crops = [feat[:, :, t : t + ph, left : left + pw] for t, left, ph, pw in
+             (footprint(box, patch, scene_hw, feat.shape[-2:]) for box in boxes)]
+    return F.interpolate(torch.cat(crops), size=out_hw, mode="bilinear", align_corners=False)
 
 
 @dataclass

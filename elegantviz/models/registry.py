@@ -8,14 +8,18 @@ from typing import Any
 
 import torch
 
+from . import fctl, glnet
 from .elegantseg import ElegantSeg
+from .fctl import FCtL
+from .glnet import GLNet
 from .isdnet import ISDNet
 
 __all__ = ["Preset", "PRESETS", "FAMILIES", "ModelInfo", "build_model", "list_models", "print_models",
            "count_flops"]
 
 
-FAMILIES: dict[str, type[torch.nn.Module]] = {"elegantseg": ElegantSeg, "isdnet": ISDNet}
+FAMILIES: dict[str, type[torch.nn.Module]] = {"elegantseg": ElegantSeg, "isdnet": ISDNet, "glnet": GLNet,
+                                              "fctl": FCtL}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     # resolution, costs a quarter; the backbone (at 1/4 of the image) is unchanged.
     Preset("isdnet-cpu", "ISDNet for CPU: fusion width 64 (r 8), STDC base 32",
            dict(channels=64, r=8, stdc_base=32), family="isdnet"),
+    Preset("glnet", "GLNet: 2 x ResNet-50 + FPN, 508 px patches and thumbnail, global<->local sharing",
+           glnet.PRESET_KWARGS["glnet"], family="glnet"),
+    Preset("glnet-cpu", "GLNet for CPU: 2 x half-width ResNet-18 + FPN 32, 256 px patches and thumbnail",
+           glnet.PRESET_KWARGS["glnet-cpu"], family="glnet"),
+    Preset("fctl", "FCtL (journal): VGG16 FCN-8s on 508 px patches, 2x/3x contexts, LCC + MCF + ALE",
+           fctl.PRESET_KWARGS["fctl"], family="fctl"),
+    Preset("fctl-cpu", "FCtL for CPU: VGG-11 at 1/8 width, conv6/7 256, 256 px patches, LCC + MCF + ALE",
+           fctl.PRESET_KWARGS["fctl-cpu"], family="fctl"),
 ]}
 
 # Measured by benchmarks/models.py: HRNet runs faster in channels_last on CPU (see notes).
