@@ -129,3 +129,15 @@ def test_scenes_smaller_than_the_patch_are_refused(glnet, tmp_path):
     small = synthesize_riverworld(tmp_path / "small.zarr", height=100, seed=3, tile=256, progress=False)
     with pytest.raises(InputError, match="too small"):
         predict_scene(glnet[-1], small.url, progress=False)
+
+
+def test_training_refuses_scenes_and_crops_smaller_than_the_patch_or_the_thumbnail(scenes, tmp_path):
+    cfg = load_config("glnet-riverworld-1-global")
+    cfg.data.train, cfg.data.val, cfg.iters, cfg.out_dir = scenes, [], 1, str(tmp_path / "run")
+    cfg.model.overrides.update({"patch_size": 128, "global_size": 300})  # a thumbnail larger than the 256 px scenes
+    with pytest.raises(InputError, match=r"256 x 256 px at data.level 0 is smaller than this model takes \(300 px"):
+        train(cfg, progress=False)
+    cfg.model.overrides.update({"patch_size": 128, "global_size": 128})
+    cfg.data.mode, cfg.data.crop_size = "sliced", 96
+    with pytest.raises(InputError, match="data.crop_size 96 is smaller than this model takes"):
+        train(cfg, progress=False)

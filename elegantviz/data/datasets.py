@@ -95,13 +95,16 @@ CELL = 32  # HRNet's coarsest stride: a scene is padded to whole cells of this s
 
 
 def check_run_scenes(train: list[Scene], val: list[Scene], table: ClassTable, label: str, level: int,
-                     min_side: int = 0) -> None:
+                     min_side: int = 0, crop: int | None = None) -> None:
     """Before the first step: validation scenes fit the training set (a 3-band validation scene
     used to crash after the first training stretch), the level exists, every training scene is
     large enough for a training step (BatchNorm needs more than one value per channel at stride
     32: a 1 x 1 scene crashed in the first forward), and every scene has labelled pixels (a
     scene of ignore only trained with a loss of 0.0 and no word). ``min_side``: the model's own
-    smallest side (ISDNet's deep branch at 1/32), for every scene."""
+    smallest side (ISDNet's deep branch at 1/32, GLNet's and FCtL's patches), for every scene and for
+    the ``crop`` of sliced training."""
+    if crop is not None and crop < min_side:
+        raise InputError(f"data.crop_size {crop} is smaller than this model takes ({min_side} px a side at least)")
     first = train[0]
     for s in val:
         if s.shape[0] != first.shape[0]:

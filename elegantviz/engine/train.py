@@ -130,7 +130,7 @@ class Trainer:
         start_from_stages(self.model, cfg, "config")
         self.model.to(self.device)
         check_run_scenes(self.train_scenes, self.val_scenes, self.table, d.label, d.level,
-                         getattr(self.model, "min_side", 0))
+                         getattr(self.model, "min_side", 0), d.crop_size if d.mode == "sliced" else None)
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, cfg))
         self.sampler = SceneSampler(self.train_scenes, self.norm, d.label, d.mode, d.crop_size, d.level, d.flips,
