@@ -5,11 +5,11 @@ Speed: each model (random init: the cost does not depend on the weights) predict
 child process of its own, the path ``elegantviz predict`` runs (``predict_patches`` for the patch
 models, ``predict_whole`` for ElegantSeg, ``predict_halo_tiles`` for ElegantSeg in 1024 px halo
 tiles): seconds and peak RSS (the child's VmHWM), with the forward's FLOPs from torch's counter.
-Measured on 1524 x 1524 and 2448 x 2448 scenes (3 bands, 7 classes: DeepGlobe). The
+Measured on 1024 x 1024 and 2448 x 2448 scenes (3 bands, 7 classes: DeepGlobe). The
 6800 x 7200 scene (FBP: 4 bands, 24 classes) is extrapolated, and marked so: seconds as
-a + b * patches for the patch models (the global passes are the fixed part; 1524 px is 4 x 4
-patches of 508, 2448 px 6 x 6) and a + b * pixels for ElegantSeg; peak RSS as a + b * pixels
-for all. ``--measure`` MODEL@SCENE measures one of those instead (GLNet's full-size 6800 x 7200
+a + b * FLOPs (1024 px is 3 x 3 patches of 508, 2448 px 6 x 6, 6800 x 7200 15 x 16; GLNet's
+count there includes its second local pass, as its 240 patches' ps3 would take 7.9 GB); peak
+RSS as a + b * pixels, plus the patch models' larger class canvases (24 classes, not 7). ``--measure`` MODEL@SCENE measures one of those instead (GLNet's full-size 6800 x 7200
 pass is about 67 TFLOPs: ~15 min on this 2-core machine; FCtL's ~240 TFLOPs).
 
 Riverworld (``--part riverworld``): the CPU presets trained from their shipped stage configs
@@ -31,9 +31,9 @@ from pathlib import Path
 from _report import CHILD_PEAK_RSS
 
 HERE = Path(__file__).resolve().parent
-MEASURED = {"1524x1524": (1524, 1524, 3, 7), "2448x2448": (2448, 2448, 3, 7)}  # h, w, bands, classes
+MEASURED = {"1024x1024": (1024, 1024, 3, 7), "2448x2448": (2448, 2448, 3, 7)}  # h, w, bands, classes
 TARGET = ("6800x7200", (6800, 7200, 4, 24))
-MODELS = ("glnet", "fctl", "glnet-cpu", "fctl-cpu", "elegantseg-s", "elegantseg-s@tiled")
+MODELS = ("glnet", "fctl", "glnet-cpu", "fctl-cpu", "elegantseg-s")  # "elegantseg-s@tiled": halo tiles of 1024
 
 CHILD = r"""
 import json, sys, tempfile, time, torch, zarr
@@ -113,12 +113,14 @@ def speed(models: list[str], measure_also: list[str]) -> dict:
             row.update(measure(spec, h, w, bands, classes))
         else:
             (a, b), px = mine, h * w
-            by = "patches" if row["patches"] else "pixels"
-            xa, xb, x = ((a["patches"], b["patches"], row["patches"]) if row["patches"] else
-                         (1524**2, 2448**2, px))
-            row.update(seconds=_line(xa, a["seconds"], xb, b["seconds"], x),
-                       peak_rss_gb=_line(1524**2, a["peak_rss_gb"], 2448**2, b["peak_rss_gb"], px),
-                       extrapolated=f"seconds linear in {by}, peak RSS linear in pixels, from 1524^2 and 2448^2")
+            # a patch model holds K x H x W float32 logit canvases (GLNet a second one for its local
+            # view): at 24 classes, not the measured 7, each is 17 x 4 bytes a pixel larger
+            canvases = (2 if spec.startswith("glnet") else 1) if row["patches"] else 0
+            extra = canvases * (classes - 7) * 4 * px / 2**30
+            row.update(seconds=_line(a["gflop"], a["seconds"], b["gflop"], b["seconds"], row["gflop"]),
+                       peak_rss_gb=_line(1024**2, a["peak_rss_gb"], 2448**2, b["peak_rss_gb"], px) + extra,
+                       extrapolated=f"seconds linear in FLOPs, peak RSS linear in pixels from 1024^2 and 2448^2 "
+                                    f"(+ {extra:.1f} GB for {classes}-class canvases)")
         mine.append(row)
         print(json.dumps(row), flush=True)
         rows += mine

@@ -145,7 +145,10 @@ def start_from_stages(model: torch.nn.Module, cfg: TrainConfig, where: str) -> N
     family = family_of(cfg)
     for role, file in roles.items():
         ck = read_checkpoint(file)
-        other = family_of(config_from_dict(ck.get("config") or {}, f"{file} config"))
+        if not isinstance(ck.get("config"), dict):
+            raise InputError(f"{file}: not a checkpoint written by `elegantviz train` (no config), so not an "
+                             f"earlier stage (model.init.{role} of {where})")
+        other = family_of(config_from_dict(ck["config"], f"{file} config"))
         if other != family:
             raise InputError(f"{file}: a checkpoint of a {other or 'unknown'} model, not of {family} "
                              f"(model.init.{role} of {where})")

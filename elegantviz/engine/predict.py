@@ -215,9 +215,9 @@ def _predict_scene(checkpoint, scene_path, mode, name, crop, overlap, pairs, dev
     forward_s = time.perf_counter() - started
     for view in pred.views:
         part = f"{name}-{view}"
-        if part in scene.labels and not scene.part_meta(S.LABELS, part).get(PREDICTED):
-            raise InputError(f"{scene_path}: labels/{part} exists and was not written by predict; choose another "
-                             f"--name (the model's {view} view is written as labels/<name>-{view})")
+        if part in scene.labels and scene.part_meta(S.LABELS, part).get(VIEW_OF) != name:
+            raise InputError(f"{scene_path}: labels/{part} exists and is not the {view} view of labels/{name}; choose "
+                             f"another --name (the model's {view} view is written as labels/<name>-{view})")
     stages["total"] += len(pred.views)
     shape = scene.shape[1:]
     tile = scene.tile

@@ -30,7 +30,10 @@ def make_strategy(mode: str = "holistic", crop: int = 512, overlap: float = 1 / 
     if tta and (mode != "holistic" or not patch_based):
         raise InputError("--tta: 8x D4 test-time augmentation runs a patch-based model's own inference "
                          "(GLNet, FCtL; FCtL's official test scripts use it), in holistic mode")
-    if patch_based and mode == "holistic":
+    if patch_based and mode == "sliced":
+        raise InputError("--mode sliced: a patch-based model (GLNet, FCtL) already runs over its own patch grid, "
+                         "with its global view of the scene; predict it in holistic mode")
+    if patch_based:
         if tile is not None:
             raise InputError("--tile runs ElegantSeg unit by unit; a patch-based model (GLNet, FCtL) runs over "
                              "its own patch grid: leave --tile out")

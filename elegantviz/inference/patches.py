@@ -27,10 +27,11 @@ def d4_inverse(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return y.flip(-1) if flip else y
 
 
-def tta_logits(model, x: torch.Tensor, progress=None) -> torch.Tensor:
-    """The sum of the model's scene logits over the 8 D4 transforms of ``x``, each mapped back."""
-    logits = None
-    for k, flip in D4:
+def tta_logits(model, x: torch.Tensor, progress=None, plain: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum of the model's scene logits over the 8 D4 transforms of ``x``, each mapped back
+    (``plain``: the untransformed pass's logits, when they are already there)."""
+    logits = plain.float() if plain is not None else None
+    for k, flip in D4[1:] if plain is not None else D4:
         y = d4_inverse(model(d4(x, k, flip), progress=progress).logits.float(), k, flip)
         logits = y if logits is None else logits + y
     return logits
@@ -40,15 +41,17 @@ def tta_logits(model, x: torch.Tensor, progress=None) -> torch.Tensor:
 def predict_patches(model, image: np.ndarray, device: torch.device, progress: bool = False, tta: bool = False
                     ) -> Prediction:
     """The model's own patch inference on a (c, H, W) normalised image; with ``tta`` the logits of
-    the 8 D4 transforms are summed (the views come from a pass of the untransformed image)."""
+    the 8 D4 transforms are summed (the views come from the untransformed pass)."""
     from tqdm.auto import tqdm
 
     x = torch.from_numpy(image)[None].to(device)
     with tqdm(desc="patch predict", unit="patch", disable=not progress, leave=False) as bar:
         out = model(x, return_evidence=True, progress=bar.update)
         views = {k: v[0].to(torch.uint8).cpu().numpy() for k, v in (getattr(out, "views", None) or {}).items()}
-        logits = tta_logits(model, x, bar.update) if tta else out.logits
-        del out
+        logits = out.logits
+        del out  # its views: the other passes need the room
+        if tta:
+            logits = tta_logits(model, x, bar.update, plain=logits)
     return Prediction(labels=logits.argmax(1)[0].to(torch.uint8).cpu().numpy(), views=views)
 
 

@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..autocast import compute_dtype
+
 __all__ = ["ALE", "LFI", "align_context"]
 
 
@@ -46,14 +48,14 @@ def align_context(feat: torch.Tensor, fmap: torch.Tensor, out_hw: tuple[int, int
     ``out_hw`` (B, C, *out_hw); ``fmap`` (B, 2, 2) maps local cell f to context cell a f + beta."""
     n = fmap.shape[0]
     h, w = feat.shape[-2:]
-    fm = fmap.to(feat.dtype)
+    fm = fmap.to(compute_dtype(feat))  # the geometry in float32 at least: bfloat16 misplaces cells by ~0.1
     (ay, by), (ax, bx) = fm[:, 0].unbind(-1), fm[:, 1].unbind(-1)
     # align_corners=False: normalised = 2 f / size - 1, f continuous (cell centres at c + 0.5)
     sx, sy = ax * out_hw[1] / w, ay * out_hw[0] / h
     zero = torch.zeros_like(sx)
     theta = torch.stack([torch.stack([sx, zero, sx + 2 * bx / w - 1], -1),
                          torch.stack([zero, sy, sy + 2 * by / h - 1], -1)], 1)
-    grid = F.affine_grid(theta, [n, feat.shape[1], *out_hw], align_corners=False)
+    grid = F.affine_grid(theta, [n, feat.shape[1], *out_hw], align_corners=False).to(feat.dtype)
     return F.grid_sample(feat.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)
 

@@ -45,7 +45,9 @@ Acceptable simplifications of digest 2.7 taken (and choices where the code left 
   sub-batch of 6 recomputes, where the plain step keeps 26.8 GiB (the official code called
   backward per sub-batch). Stage 3 keeps every patch's local ps3 (1.2 GB there, as the official
   code did on the host) and checkpoints the ensemble per sub-batch: 1.9 GiB kept (3.0 plain).
-  At inference ``keep_local_ps3=False`` runs the local pass again instead of keeping ps3.
+  At inference each patch's local ps3 is kept on the host (as the official code) while all of them
+  take at most 2 GiB, else the local pass runs again for the ensemble (same logits; a 6800 x 7200
+  scene has 240 patches, 7.9 GB of ps3); ``keep_local_ps3`` True or False forces either.
 - the loss of a step is one scene's (batch 1); the official step took 6 scenes, their patches
   summed over sub-batches and the thumbnails' BatchNorm batched.
 - the coarse-to-fine variant (never released, issue #31) is not offered.
@@ -67,16 +69,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from ..losses.glnet import GLNET_TERMS
 from .elegantseg import SegOutput
 from .fpn import (Branch, GlobalFPN, LocalFPN, Pyramid, add_to_canvases, average_canvases, crop_pyramid, init_normal,
                   zero_canvases)
 from .patch_grid import PatchGrid, PatchOutput, crop_footprints
 
-__all__ = ["GLNet", "GLNetOutput", "STAGES", "STAGE_TERMS", "STAGE_ROLES", "PRESET_KWARGS"]
+__all__ = ["GLNet", "GLNetOutput", "STAGES", "STAGE_ROLES", "PRESET_KWARGS"]
 
 STAGES = ("global", "global2local", "local2global")
-STAGE_TERMS = {"global": ("global",), "global2local": ("local", "ensemble", "fmreg"),
-               "local2global": ("global", "ensemble")}
 STAGE_ROLES = {"global": (), "global2local": ("global",), "local2global": ("global", "local")}
 
 PRESET_KWARGS: dict[str, dict] = {
@@ -88,6 +89,7 @@ PRESET_KWARGS: dict[str, dict] = {
 }
 
 Box = tuple[int, int]
+KEEP_PS3_BYTES = 2 << 30  # inference keeps the patches' local ps3 up to this, else recomputes it
 
 
 @dataclass
@@ -133,7 +135,7 @@ class GLNet(nn.Module):
                  pretrained: bool = False, stage: str = "local2global", patch_size: int = 508,
                  global_size: int = 508, fpn_width: int = 256, sub_batch: int = 6, min_overlap: int = 50,
                  global_fit: str = "long", upsample_mode: str = "nearest", checkpoint: bool = True,
-                 keep_local_ps3: bool = True, backbone_kwargs: dict | None = None):
+                 keep_local_ps3: bool | None = None, backbone_kwargs: dict | None = None):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"GLNet stage must be one of {', '.join(STAGES)}, got {stage!r}")
@@ -170,7 +172,7 @@ class GLNet(nn.Module):
     # ---- what the jobs read -------------------------------------------------------------------
     @property
     def loss_terms(self) -> tuple[str, ...]:
-        return STAGE_TERMS[self.stage]
+        return GLNET_TERMS[self.stage]
 
     @property
     def init_roles(self) -> tuple[str, ...]:
@@ -290,7 +292,13 @@ class GLNet(nn.Module):
             for sub in subs:
                 logits, pyr, ps3 = self.local_pass(self.cut(images, sub), guide_pyr, sub, scene_hw)
                 add_to_canvases(canvases, pyr, sub, self.patch_size, scene_hw)
-                kept.append(ps3 if self.keep_local_ps3 or self.training else None)
+                if self.training:
+                    kept.append(ps3)
+                else:  # on the host, as the official code; recomputed instead past a few GB (same logits)
+                    keep = self.keep_local_ps3
+                    if keep is None:
+                        keep = ps3[0].numel() * ps3.element_size() * len(grid) <= KEEP_PS3_BYTES
+                    kept.append((ps3.cpu() if ps3.is_cuda else ps3) if keep else None)
                 if on_patches is not None:
                     on_patches(logits, sub)
                 if progress is not None:
@@ -351,8 +359,8 @@ class GLNet(nn.Module):
 
     def _infer(self, images, grid, subs, return_evidence, progress) -> PatchOutput:
         hw, thumb = (grid.h, grid.w), self.thumbnail(images)
-        canvas = images.new_zeros((1, self.num_classes, *hw), dtype=torch.float32)
-        local_canvas = torch.zeros_like(canvas) if return_evidence and self.stage != "global" else None
+        canvas = None if self.stage == "global" else images.new_zeros((1, self.num_classes, *hw), dtype=torch.float32)
+        local_canvas = torch.zeros_like(canvas) if return_evidence and canvas is not None else None
         keep_local = None if local_canvas is None else (lambda logits, sub: self._paste(local_canvas, logits, sub))
         if self.stage == "global":
             g_logits = self.global_branch.fpn(self.global_branch.backbone(thumb))[0]
@@ -373,12 +381,15 @@ class GLNet(nn.Module):
             canvases, kept = self._local_canvases(images, fixed_pyr, subs, hw, grid, keep_local, progress)
             g_logits, _, g_ps3 = self.global_branch.fpn(self.global_branch.backbone(thumb), canvases)
             for ps3, sub in zip(kept, subs):
-                if ps3 is None:  # keep_local_ps3=False: the local pass again
+                if ps3 is None:  # not kept: the local pass again
                     ps3 = self.local_pass(self.cut(images, sub), fixed_pyr, sub, hw)[2]
+                ps3 = ps3.to(images.device)
                 self._paste(canvas, self.ensemble_logits(ps3, g_ps3, sub, hw), sub)
         views = {}
         if return_evidence:
-            views["global"] = (canvas if self.stage == "global" else self._to_scene(g_logits, hw)).argmax(1)
+            # nearest upsampling commutes with argmax: the labels at 1/4, then upsampled (no K x H x W map)
+            views["global"] = (self._to_scene(g_logits.argmax(1, keepdim=True), hw)[:, 0].long()
+                               if self.upsample_mode == "nearest" else self._to_scene(g_logits, hw).argmax(1))
             if local_canvas is not None:
                 views["local"] = local_canvas.argmax(1)
         return PatchOutput(canvas, None, None, 1, views=views)

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from ..autocast import no_autocast
+
 __all__ = [
     "Correlation",
     "MultiContextFusion",
@@ -123,7 +125,8 @@ class Correlation(nn.Module):
         if self.center:
             q = q - q.mean(dim=2, keepdim=True)
             k = k - k.mean(dim=2, keepdim=True)
-        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)
+        with no_autocast(q):  # unscaled logits reach the hundreds: bfloat16 would flatten the softmax
+            attn = torch.softmax(q.float().transpose(1, 2) @ k.float(), dim=-1).to(q.dtype)
         if self.gpe:
             if fmap is None:
                 raise ValueError("gated positional embeddings need the context's feature map (fmap)")
