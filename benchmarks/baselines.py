@@ -9,8 +9,9 @@ Measured on 1024 x 1024 and 2448 x 2448 scenes (3 bands, 7 classes: DeepGlobe). 
 6800 x 7200 scene (FBP: 4 bands, 24 classes) is extrapolated, and marked so: seconds as
 a + b * FLOPs (1024 px is 3 x 3 patches of 508, 2448 px 6 x 6, 6800 x 7200 15 x 16; GLNet's
 count there includes its second local pass, as its 240 patches' ps3 would take 7.9 GB); peak
-RSS as a + b * pixels, plus the patch models' larger class canvases (24 classes, not 7). ``--measure`` MODEL@SCENE measures one of those instead (GLNet's full-size 6800 x 7200
-pass is about 67 TFLOPs: ~15 min on this 2-core machine; FCtL's ~240 TFLOPs).
+RSS as a + b * pixels, plus the patch models' larger class canvases (24 classes, not 7).
+``--measure`` MODEL@SCENE measures one of those instead (GLNet's full-size 6800 x 7200 pass is
+about 138 TFLOPs, FCtL's about 242: the better part of an hour each on this 2-core machine).
 
 Riverworld (``--part riverworld``): the CPU presets trained from their shipped stage configs
 on the riverworld demo scenes, then `elegantviz compare` on the held-out 1024 px scenes of

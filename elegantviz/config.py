@@ -156,8 +156,8 @@ def _is_number(v: Any) -> bool:
 # further checks of form, by dotted key (each raises ValueError saying what the value must be)
 FORMS: dict[str, Any] = {
     "optim.betas": _betas, "optim.milestones": _milestones, "data.train": _scene_paths, "data.val": _scene_paths,
-    "loss.sobel_ksize": _odd, "out_dir": _not_blank, "data.label": label_name, "model.name": _not_blank, "model.init": _roles,
-    "device": device_name, "memory.budget": parse_size, "memory.threshold": parse_size,
+    "loss.sobel_ksize": _odd, "out_dir": _not_blank, "data.label": label_name, "model.name": _not_blank,
+    "model.init": _roles, "device": device_name, "memory.budget": parse_size, "memory.threshold": parse_size,
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.mode": ("holistic", "sliced"), "optim.optimizer": ("sgd", "adam", "adamw"),

@@ -18,7 +18,8 @@ from elegantviz.io.store import open_scene
 
 SMALL = {"patch_size": 128, "global_size": 128}
 CHAINS = {
-    "glnet": [("1-global", 60, {}), ("2-global2local", 30, {"global": 0}), ("3-local2global", 30, {"global": 0, "local": 1})],
+    "glnet": [("1-global", 60, {}), ("2-global2local", 30, {"global": 0}),
+              ("3-local2global", 30, {"global": 0, "local": 1})],
     "fctl": [("1-local", 40, {}), ("2-medium", 20, {"local": 0}), ("3-large", 20, {"local": 0}),
              ("4-full", 30, {"medium": 1, "large": 2})],
 }

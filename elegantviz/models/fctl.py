@@ -350,8 +350,8 @@ class FCtL(nn.Module):
         elif kind == "large" and self.global_form:
             pix = global_map(boxes, self.patch_size, tuple(scene.shape[-2:]), dev)
         else:
-            pix = centred_map(self.medium_context if kind == "medium" else float(self.large_context), self.patch_size, n,
-                              dev)
+            mul = self.medium_context if kind == "medium" else float(self.large_context)
+            pix = centred_map(mul, self.patch_size, n, dev)
         return feature_map(pix, trunk.pad, trunk.stride)
 
     def _context_delta(self, scene: torch.Tensor, boxes: list[tuple[int, int]], pool5: torch.Tensor,
