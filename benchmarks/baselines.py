@@ -158,7 +158,7 @@ def _picture(url: str, names: list[str], path: Path) -> None:
         err = f"error_{name}"
         if err in scene.labels:
             panels[f"{name} errors"] = plots.colorize(scene.label(err).compute(), scene.label_classes(err))
-    fig = plots.panels_figure(panels, ncols=2 + len(names), size=3.5)
+    fig = plots.panels_figure(panels, ncols=4, size=3.5)  # image, truth, then each model and its errors
     fig.savefig(path, dpi=80, bbox_inches="tight")
 
 
