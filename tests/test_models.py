@@ -190,9 +190,9 @@ def test_large_presets_shapes_gradients_batch(name):
 
 
 def test_every_preset_is_tested():
-    # the isdnet presets are tested in test_isdnet.py
+    # the isdnet, glnet and fctl presets are tested in test_isdnet.py, test_glnet.py and test_fctl.py
     assert set(PRESETS) == {"elegantseg-s", "elegantseg-m", "elegantseg-l", "ehsnet", "elegantseg-cpu", "isdnet",
-                            "isdnet-cpu"}
+                            "isdnet-cpu", "glnet", "glnet-cpu", "fctl", "fctl-cpu"}
 
 
 def test_implementations_and_memory_formats_agree():
@@ -236,6 +236,7 @@ def test_registry_and_table(capsys):
     assert rows["elegantseg-l"].gflops > rows["elegantseg-m"].gflops > s.gflops
     assert rows["isdnet"].params == _nparams(build_model("isdnet", 24, 4)) and rows["isdnet"].backbone == "resnet18d"
     assert s.gflops > rows["isdnet"].gflops > rows["isdnet-cpu"].gflops > 0
+    assert rows["glnet"].gflops is None and rows["glnet-cpu"].gflops > 0  # 508 px patches on a 256 px scene: none
     assert print_models(type("Args", (), {"size": 256})()) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in PRESETS)

@@ -85,7 +85,7 @@ class ModelInfo:
     backbone: str
     output_stride: int
     params: int
-    gflops: float | None  # forward GFLOPs (multiply-add = 2) at size x size, direct convolutions
+    gflops: float | None  # forward GFLOPs (multiply-add = 2) at size x size, direct convolutions (None: too small)
     description: str
 
 
@@ -112,7 +112,8 @@ def _info(name: str, num_classes: int, in_chans: int, size: int, flops: bool) ->
     with torch.device("meta"):
         model = build_model(name, num_classes, in_chans, **meta).eval()
     params = sum(p.numel() for p in model.parameters())
-    gflops = count_flops(model, size, in_chans) / 1e9 if flops else None
+    fits = size >= getattr(model, "min_side", 0)  # a patch model takes no scene under its patch: "-"
+    gflops = count_flops(model, size, in_chans) / 1e9 if flops and fits else None
     backbone = (getattr(model, "backbone_name", None) or getattr(model.backbone, "name", None)
                 or model.backbone.default_cfg.get("architecture", "?"))
     return ModelInfo(name, backbone, model.output_stride, params, gflops, PRESETS[name].description)
@@ -136,5 +137,6 @@ def print_models(args: Any = None) -> int:
     for r in rows:
         gf = f"{r.gflops:.1f}" if r.gflops is not None else "-"
         print(f"{r.name:<16}{r.backbone:<20}{r.output_stride:>6}{r.params / 1e6:>12.2f}{gf:>14}  {r.description}")
-    print(f"({num_classes} classes, {in_chans} bands; depthwise convolutions counted as direct)")
+    print(f"({num_classes} classes, {in_chans} bands; depthwise convolutions counted as direct; "
+          f"-: a {size} px scene is smaller than the model's patch or thumbnail)")
     return 0
