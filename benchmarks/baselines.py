@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _report import CHILD_PEAK_RSS
+from _report import CHILD_PEAK_RSS, models_picture
 
 HERE = Path(__file__).resolve().parent
 MEASURED = {"1024x1024": (1024, 1024, 3, 7), "2448x2448": (2448, 2448, 3, 7)}  # h, w, bands, classes
@@ -139,27 +139,8 @@ def riverworld(work: Path, checkpoints: dict[str, str], elegantseg: str | None) 
     specs = [ModelSpec("elegantseg_cpu", str(elegantseg or shipped_checkpoint()))]
     specs += [ModelSpec(name, ck) for name, ck in checkpoints.items()]
     result = compare_models(specs, tests, pairs=["river:pond", "pond:river"], device="cpu", progress=True)
-    _picture(tests[0], [s.name for s in specs], HERE / "results" / "baselines_riverworld.png")
+    models_picture(tests[0], [s.name for s in specs], HERE / "results" / "baselines_riverworld.png", errors=True)
     return result
-
-
-def _picture(url: str, names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from elegantviz.analysis.gallery import scene_rgb
-    from elegantviz.io.store import open_scene
-    from elegantviz.viz import plots
-
-    scene = open_scene(url)
-    panels = {"image": scene_rgb(scene), "ground truth": plots.colorize(scene.label("gt").compute(), scene.classes)}
-    for name in names:
-        panels[name] = plots.colorize(scene.label(name).compute(), scene.classes)
-        err = f"error_{name}"
-        if err in scene.labels:
-            panels[f"{name} errors"] = plots.colorize(scene.label(err).compute(), scene.label_classes(err))
-    fig = plots.panels_figure(panels, ncols=4, size=3.5)  # image, truth, then each model and its errors
-    fig.savefig(path, dpi=80, bbox_inches="tight")
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _report import CHILD_PEAK_RSS
+from _report import CHILD_PEAK_RSS, models_picture
 from predict import gemm_peak_gflops
 
 HERE = Path(__file__).resolve().parent
@@ -111,24 +111,8 @@ def riverworld(work: Path, isdnet: str | None, elegantseg: str | None, iters: in
     specs = [ModelSpec("elegantseg_cpu", str(elegantseg or shipped_checkpoint())), ModelSpec("isdnet_cpu", isdnet)]
     result = compare_models(specs, tests, pairs=["river:pond", "pond:river"], device="cpu", progress=True)
     result["isdnet_train_s"] = trained_s
-    _picture(tests[0], [s.name for s in specs], HERE / "results" / "isdnet_riverworld.png")
+    models_picture(tests[0], [s.name for s in specs], HERE / "results" / "isdnet_riverworld.png")
     return result
-
-
-def _picture(url: str, names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from elegantviz.analysis.gallery import scene_rgb
-    from elegantviz.io.store import open_scene
-    from elegantviz.viz import plots
-
-    scene = open_scene(url)
-    panels = {"image": scene_rgb(scene), "ground truth": plots.colorize(scene.label("gt").compute(), scene.classes)}
-    for name in names:
-        panels[name] = plots.colorize(scene.label(name).compute(), scene.classes)
-    fig = plots.panels_figure(panels, ncols=len(panels), size=4.0)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
 
 
 def main() -> None:

@@ -59,11 +59,14 @@ class PatchGrid:
         return len(self.ys) * len(self.xs)
 
     def counts(self) -> torch.Tensor:
-        """(h, w) how many patches cover each pixel."""
-        c = torch.zeros(self.h, self.w)
-        for y, x in self.boxes():
-            c[y : y + self.patch, x : x + self.patch] += 1
-        return c
+        """(h, w) how many patches cover each pixel: the outer product of the two sides' counts."""
+        def side(size: int, starts: list[int]) -> torch.Tensor:
+            c = torch.zeros(size)
+            for s in starts:
+                c[s : s + self.patch] += 1
+            return c
+
+        return torch.outer(side(self.h, self.ys), side(self.w, self.xs))
 
 
 def footprint(box: tuple[int, int], patch: int, scene_hw: tuple[int, int], map_hw: tuple[int, int]
