@@ -35,8 +35,18 @@ def main() -> None:
     ap.add_argument("--test-scenes", type=int, default=2)
     ap.add_argument("--scenes", help="folder with train-*.zarr to train on (default: synthesize in --work)")
     ap.add_argument("--holistic", help="a holistic checkpoint trained on those scenes: skip that arm's training")
-    ap.add_argument("--global-path", default="none", choices=["none", "sweep"],
-                    help="ElegantSeg's global path for both arms (models/scan.py)")
+    ap.add_argument("--sliced", help="a sliced checkpoint trained on those scenes: skip that arm's training")
+    ap.add_argument("--global-path", default="none", choices=["none", "sweep", "coarse"],
+                    help="ElegantSeg's global path for both arms (models/scan.py, models/coarse.py)")
+    ap.add_argument("--finetune-iters", type=int, default=0,
+                    help="then train each arm this many more steps on larger scenes, from its checkpoint")
+    ap.add_argument("--finetune-size", type=int, default=1024, help="side of the fine-tuning scenes (px)")
+    ap.add_argument("--finetune-scenes", type=int, default=8)
+    ap.add_argument("--finetune-path", default="coarse", choices=["none", "sweep", "coarse"],
+                    help="the global path added for fine-tuning (zero residual at its start)")
+    ap.add_argument("--finetune-lr", type=float, default=1e-3)
+    ap.add_argument("--finetune-freeze", action="store_true", help="fine-tune only what follows the backbone")
+    ap.add_argument("--class-weights", type=float, nargs="+", help="loss weight per class while fine-tuning")
     ap.add_argument("--work", default=str(HERE / "scratch" / "hvs"))
     ap.add_argument("--out", default=str(HERE / "results" / "holistic_vs_sliced.json"))
     ap.add_argument("--picture", default=str(HERE / "results" / "holistic_vs_sliced.png"))
@@ -57,21 +67,38 @@ def main() -> None:
                                              progress=False).url for i in range(args.train_scenes)]
     tests = [synthesize_riverworld(work / f"test-{i}.zarr", height=2 * args.size, seed=900 + i, overwrite=True,
                                    progress=False) for i in range(args.test_scenes)]
+    big = [synthesize_riverworld(work / f"big-{i}.zarr", height=args.finetune_size, seed=1000 + i, overwrite=True,
+                                 progress=False).url for i in range(args.finetune_scenes if args.finetune_iters else 0)]
     results: dict = {"train_size": args.size, "test_size": 2 * args.size, "crop": args.crop, "iters": args.iters,
                      "train_scenes": len(train_paths), "test_scenes": len(tests),
                      "global_path": args.global_path}
+    if args.finetune_iters:
+        results["finetune"] = {"size": args.finetune_size, "scenes": len(big), "iters": args.finetune_iters,
+                               "global_path": args.finetune_path, "lr": args.finetune_lr, "seeds": "1000..",
+                               "freeze_backbone": args.finetune_freeze, "class_weights": args.class_weights}
+
+    def run(mode: str, scenes: list[str], size: int, iters: int, path: str, name: str, base: str | None = None):
+        cfg = load_config("riverworld-cpu")
+        cfg.data.train, cfg.data.val, cfg.data.mode, cfg.data.crop_size = scenes, [], mode, args.crop
+        cfg.model.overrides = dict(cfg.model.overrides, global_path=path)
+        cfg.iters, cfg.ckpt_every, cfg.out_dir = iters, 100, str(work / name)
+        cfg.optim.accumulate = 1 if mode == "holistic" else (size // args.crop) ** 2  # the same pixels a step
+        if base:
+            cfg.model.init = {"base": base}
+            cfg.model.overrides["freeze_backbone"] = args.finetune_freeze
+            cfg.loss.class_weights = args.class_weights
+            cfg.optim.lr, cfg.optim.warmup_iters, cfg.optim.warmup_lr = args.finetune_lr, 20, args.finetune_lr / 10
+        return train(cfg, progress=True, overwrite=True)
+
     for mode in ("holistic", "sliced"):
         started = time.perf_counter()
-        if mode == "holistic" and args.holistic:
-            ckpt, train_s = Path(args.holistic), None
-        else:
-            cfg = load_config("riverworld-cpu")
-            cfg.data.train, cfg.data.val, cfg.data.mode, cfg.data.crop_size = train_paths, [], mode, args.crop
-            cfg.model.overrides = dict(cfg.model.overrides, global_path=args.global_path)
-            cfg.iters, cfg.ckpt_every, cfg.out_dir = args.iters, 100, str(work / f"run-{mode}")
-            cfg.optim.accumulate = 1 if mode == "holistic" else (args.size // args.crop) ** 2
-            ckpt = train(cfg, progress=True)
-            train_s = time.perf_counter() - started
+        reused = getattr(args, mode)
+        ckpt = Path(reused) if reused else run(mode, train_paths, args.size, args.iters, args.global_path,
+                                               f"run-{mode}")
+        if args.finetune_iters:
+            ckpt = run(mode, big, args.finetune_size, args.finetune_iters, args.finetune_path,
+                       f"run-{mode}-finetune", base=str(ckpt))
+        train_s = time.perf_counter() - started
         scores = []
         for t in tests:
             predict_scene(ckpt, t.url, mode=mode, name=mode, crop=args.crop, progress=False)

@@ -49,6 +49,7 @@ class LossConfig:
     w_bd: float = 1.0
     w_aux: float = 0.4
     sobel_ksize: int = 5
+    class_weights: list[float] | None = None  # per class (the class table's order): rare classes weigh more
 
 
 @dataclass
@@ -139,6 +140,11 @@ def _roles(v: dict) -> None:
         raise ValueError(f"must map role names to checkpoint paths (e.g. {{global: runs/glnet-1/best.pt}}), got {v!r}")
 
 
+def _class_weights(v: list) -> None:
+    if not v or not all(_is_number(w) and w >= 0 for w in v):
+        raise ValueError(f"must be a list of numbers >= 0, one per class, got {v!r}")
+
+
 def _odd(v: int) -> None:
     if v < 3 or v % 2 == 0:
         raise ValueError(f"must be an odd number from 3 to 31, got {v}")
@@ -156,7 +162,8 @@ def _is_number(v: Any) -> bool:
 # further checks of form, by dotted key (each raises ValueError saying what the value must be)
 FORMS: dict[str, Any] = {
     "optim.betas": _betas, "optim.milestones": _milestones, "data.train": _scene_paths, "data.val": _scene_paths,
-    "loss.sobel_ksize": _odd, "out_dir": _not_blank, "data.label": label_name, "model.name": _not_blank,
+    "loss.sobel_ksize": _odd, "loss.class_weights": _class_weights, "out_dir": _not_blank, "data.label": label_name,
+    "model.name": _not_blank,
     "model.init": _roles, "device": device_name, "memory.budget": parse_size, "memory.threshold": parse_size,
 }
 CHOICES: dict[str, tuple[str, ...]] = {

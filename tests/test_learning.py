@@ -17,9 +17,10 @@ def _water_iou(pred: np.ndarray, labels: np.ndarray) -> float:
     return float((gt & pr).sum() / max(1, (gt | pr).sum()))
 
 
-@pytest.fixture(scope="module", params=["none", "sweep"])
+@pytest.fixture(scope="module", params=["none", "coarse"])
 def trained(tmp_path_factory, request):
-    """The CPU preset as shipped, and with the global sweep path (models/scan.py) added."""
+    """The CPU preset as shipped, and with the coarse global path (models/coarse.py) added. (The
+    sweep, models/scan.py, was learning-tested here when it was added; its unit tests remain.)"""
     root = tmp_path_factory.mktemp("learn")
     paths = [synthesize_riverworld(root / f"s{i}.zarr", height=256, seed=100 + i, tile=256, progress=False,
                                    water_width=(16.0, 28.0)).url for i in range(2)]  # wide rivers
@@ -45,12 +46,12 @@ def test_main_head_learns_water_as_the_auxiliary_head_does(trained):
         out = model(torch.from_numpy(img)[None])
     main = _water_iou(out.logits.argmax(1)[0].numpy(), labels)
     aux = _water_iou(out.aux_logits.argmax(1)[0].numpy(), labels)
-    print(f"sweep {model.sweep is not None}: water IoU main head {main:.3f}, auxiliary head {aux:.3f}")
+    print(f"global path {model.global_path}: water IoU main head {main:.3f}, auxiliary head {aux:.3f}")
     assert aux > 0.5, aux  # the run itself learned
     assert main >= 0.5 and main >= aux - 0.1, (main, aux)
     assert model.ecr.gamma.detach().abs().max() > 0  # ECR's residual opened
-    if model.sweep is not None:
-        assert model.sweep.gamma.detach().abs().max() > 0  # so did the sweep's
+    if model.coarse is not None:
+        assert model.coarse.gamma.detach().abs().max() > 0  # so did the coarse path's
 
 
 def test_activations_stay_in_scale_after_training(trained):
@@ -59,7 +60,7 @@ def test_activations_stay_in_scale_after_training(trained):
     hooks = [m.register_forward_hook(lambda mod, i, o, name=name: scale.__setitem__(
         name, (float(i[0].abs().mean()), float((o[0] if isinstance(o, tuple) else o).abs().mean()))))
         for name, m in (("context", model.context), ("unit", model.context.units[0]), ("ecr", model.ecr),
-                        ("sweep", model.sweep)) if m is not None]
+                        ("coarse", model.coarse)) if m is not None]
     scene = trained.train_scenes[1]
     img, _ = trained.norm.apply(np.asarray(scene.image(0).compute()), scene.nodata)
     with torch.no_grad():

@@ -188,6 +188,30 @@ def test_banded_loss_equals_upsampled_loss(h, w, stride, band_bytes):
         banded_bae_loss(logits, aux, labels[..., : h // 2, :], stride)
 
 
+def test_class_weights_scale_each_pixel_by_its_class_in_both_loss_paths():
+    """Against a loop over pixels: sum(w_bd(p) * class_weight(label p) * CE(p)) / valid pixels, on
+    the plain path and on the banded one (the same loss at stride 4)."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(5)
+    h = w = 24
+    labels = torch.from_numpy(_blocks(rng, h, w, classes=3, cell=6)[None] % 3).to(torch.uint8)
+    labels[0, :3, :5] = 255
+    logits = torch.randn(1, 3, h // 4, w // 4)
+    up = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    cw = [0.5, 1.0, 4.0]
+    bd = boundary_weights(labels)[0]
+    ce = F.cross_entropy(up, labels.long(), reduction="none", ignore_index=255)[0]
+    valid = [(y, x) for y in range(h) for x in range(w) if labels[0, y, x] != 255]
+    want = sum(float(bd[y, x]) * cw[int(labels[0, y, x])] * float(ce[y, x]) for y, x in valid) / len(valid)
+    out = SimpleNamespace(logits=up, aux_logits=up)
+    plain = elegantseg_loss(out, labels, w_aux=0.0, class_weights=cw)
+    banded = elegantseg_loss(SimpleNamespace(logits=logits, aux_logits=logits, stride=4), labels, w_aux=0.0,
+                             class_weights=cw)
+    assert abs(float(plain) - want) < 1e-5 * want and abs(float(banded) - want) < 1e-5 * want
+    assert abs(float(elegantseg_loss(out, labels, w_aux=0.0)) - want) > 0.01 * want  # the weights changed it
+
+
 def test_boundaries_under_bf16_autocast_stay_exact():
     """The Sobel sums are integers; a bf16 convolution (autocast on CUDA, here on the CPU) would round them."""
     rng = np.random.default_rng(9)

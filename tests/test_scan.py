@@ -94,5 +94,5 @@ def test_elegantseg_with_a_sweep_keeps_its_activations_at_scale_and_refuses_tile
     assert 0.2 < after / before < 5, scale  # gated and normalised: no growth along 32 rows
     from elegantviz.inference.tiles import forward_halo_tiles
 
-    with pytest.raises(InputError, match="global sweep"):
+    with pytest.raises(InputError, match="global path"):
         forward_halo_tiles(model, torch.randn(1, 4, 128, 128), tile=64)

@@ -255,6 +255,7 @@ def test_precise_bn_is_the_average_of_whole_scene_statistics_and_resume_stays_ex
     ({"data": {"level": 50}}, r"data.level must be in \[0, 20\]"), ({"optim": {"lr": 0}}, "optim.lr must be > 0"),
     ({"optim": {"schedule": "linear"}}, "optim.schedule must be one of step, poly, cosine"),
     ({"data": {"train": "a.zarr"}}, "data.train must be list"), ({"iters": True}, "iters must be int"),
+    ({"loss": {"class_weights": [1, -2]}}, r"loss.class_weights must be a list of numbers >= 0"),
 ])
 def test_config_values_are_checked_by_type_and_range(tmp_path, data, message):
     import yaml

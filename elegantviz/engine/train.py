@@ -128,6 +128,9 @@ class Trainer:
         extra = {"pretrained": True} if cfg.model.pretrained else {}
         self.model = build_configured(cfg, self.table.num_classes, self.in_chans, "config", **extra)
         start_from_stages(self.model, cfg, "config")
+        if cfg.loss.class_weights is not None and len(cfg.loss.class_weights) != self.table.num_classes:
+            raise InputError(f"config: loss.class_weights has {len(cfg.loss.class_weights)} weights for the "
+                             f"{self.table.num_classes} classes of the scenes ({', '.join(self.table.names)})")
         self.model.to(self.device)
         check_run_scenes(self.train_scenes, self.val_scenes, self.table, d.label, d.level,
                          getattr(self.model, "min_side", 0), d.crop_size if d.mode == "sliced" else None)

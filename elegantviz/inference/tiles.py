@@ -175,9 +175,10 @@ def forward_halo_tiles(
     if not hasattr(model, "segments"):  # the tiles walk ElegantSeg's units
         raise InputError(f"--tile runs ElegantSeg unit by unit; {type(model).__name__} predicts the whole scene in "
                          "one pass: predict it without --tile")
-    if getattr(model, "sweep", None) is not None:  # its state crosses every tile: no halo bounds it
-        raise InputError("--tile: this model has the global sweep path (global_path: sweep), whose recurrences run "
-                         "across the whole feature map; predict it without --tile")
+    path = getattr(model, "global_path", "none")
+    if path != "none":  # it reads across the whole feature map: no halo of a tile bounds it
+        raise InputError(f"--tile: this model has a global path (global_path: {path}), which reads across the whole "
+                         "feature map; predict it without --tile")
     from tqdm.auto import tqdm
 
     with _eval(model):

@@ -47,5 +47,5 @@ def training_loss(out: Any, labels: torch.Tensor, loss_cfg: Any, ignore_index: i
     if kind != "elegantseg":
         raise ValueError(f"no training loss for model outputs of kind {kind!r}")
     total, terms = elegantseg_loss(out, labels, loss_cfg.w_bd, loss_cfg.w_aux, loss_cfg.sobel_ksize, ignore_index,
-                                   return_terms=True)
+                                   return_terms=True, class_weights=getattr(loss_cfg, "class_weights", None))
     return total, {k: terms[k] for k in ("seg", "aux")}

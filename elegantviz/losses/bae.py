@@ -29,7 +29,7 @@ Torch only (no scipy at run time); the tests compare with scipy.ndimage.
 from __future__ import annotations
 
 from math import comb
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -102,13 +102,17 @@ def boundary_mask(labels: torch.Tensor, ksize: int = 5, ignore_index: int | None
 
 
 def boundary_weights(
-    labels: torch.Tensor, ksize: int = 5, w_bd: float = 1.0, ignore_index: int | None = 255
+    labels: torch.Tensor, ksize: int = 5, w_bd: float = 1.0, ignore_index: int | None = 255,
+    class_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
-    """BAE weight map: 1 + w_bd on boundary pixels, 1 elsewhere, 0 on ignored pixels (float32)."""
+    """BAE weight map: 1 + w_bd on boundary pixels, 1 elsewhere, 0 on ignored pixels (float32),
+    times ``class_weights[label]`` when given (rare classes weigh more)."""
     w = 1.0 + w_bd * boundary_mask(labels, ksize, ignore_index).to(torch.float32)
-    if ignore_index is not None:
-        w = w * (labels != ignore_index)
-    return w
+    valid = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
+    if class_weights is not None:
+        table = torch.as_tensor(class_weights, dtype=torch.float32, device=labels.device)
+        w = w * table[torch.where(valid, labels.long(), 0).clamp(max=len(table) - 1)]
+    return w * valid
 
 
 def weighted_cross_entropy(
@@ -136,6 +140,7 @@ def elegantseg_loss(
     ksize: int = 5,
     ignore_index: int | None = 255,
     return_terms: bool = False,
+    class_weights: Sequence[float] | None = None,
 ):
     """Total BAE loss of a model output (anything with ``logits`` and ``aux_logits``).
 
@@ -146,10 +151,11 @@ def elegantseg_loss(
     """
     stride = int(getattr(out, "stride", 1) or 1)
     if stride > 1:
-        seg, aux = banded_bae_loss(out.logits, out.aux_logits, labels, stride, w_bd, ksize, ignore_index)
+        seg, aux = banded_bae_loss(out.logits, out.aux_logits, labels, stride, w_bd, ksize, ignore_index,
+                                   class_weights=class_weights)
         weights = None
     else:
-        weights = boundary_weights(labels, ksize, w_bd, ignore_index)
+        weights = boundary_weights(labels, ksize, w_bd, ignore_index, class_weights)
         seg = weighted_cross_entropy(out.logits, labels, weights, ignore_index)
         aux = weighted_cross_entropy(out.aux_logits, labels, weights, ignore_index)
     total = seg + w_aux * aux
@@ -181,28 +187,29 @@ class _BandedBAE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, aux_logits, labels, stride, w_bd, ksize, ignore_index, band_rows):
+    def forward(ctx, logits, aux_logits, labels, stride, w_bd, ksize, ignore_index, band_rows, class_weights):
         ctx.save_for_backward(logits, aux_logits, labels)
-        ctx.args = (stride, w_bd, ksize, ignore_index, band_rows)
+        ctx.args = (stride, w_bd, ksize, ignore_index, band_rows, class_weights)
         seg = aux = 0.0
         for a, b, rows in _bands(logits.shape[-2], labels.shape[-2], stride, band_rows):
-            s, x = _band_sums(logits[..., a:b, :], aux_logits[..., a:b, :], a, rows, labels, *ctx.args[:4])
+            s, x = _band_sums(logits[..., a:b, :], aux_logits[..., a:b, :], a, rows, labels, *ctx.args[:4],
+                              class_weights)
             seg, aux = seg + s, aux + x
         return seg.float(), aux.float()
 
     @staticmethod
     def backward(ctx, g_seg, g_aux):
         logits, aux_logits, labels = ctx.saved_tensors
-        stride, w_bd, ksize, ignore_index, band_rows = ctx.args
+        stride, w_bd, ksize, ignore_index, band_rows, class_weights = ctx.args
         grads = [torch.zeros_like(logits), torch.zeros_like(aux_logits)]
         for a, b, rows in _bands(logits.shape[-2], labels.shape[-2], stride, band_rows):
             with torch.enable_grad():
                 bands = [t[..., a:b, :].detach().requires_grad_() for t in (logits, aux_logits)]
-                sums = _band_sums(*bands, a, rows, labels, stride, w_bd, ksize, ignore_index)
+                sums = _band_sums(*bands, a, rows, labels, stride, w_bd, ksize, ignore_index, class_weights)
                 got = torch.autograd.grad(sums, bands, (g_seg.to(sums[0].dtype), g_aux.to(sums[1].dtype)))
             for g, part in zip(grads, got):
                 g[..., a:b, :] += part
-        return grads[0], grads[1], None, None, None, None, None, None
+        return grads[0], grads[1], None, None, None, None, None, None, None
 
 
 def _bands(feat_rows: int, label_rows: int, stride: int, band_rows: int):
@@ -214,13 +221,13 @@ def _bands(feat_rows: int, label_rows: int, stride: int, band_rows: int):
             yield max(f0 - 1, 0), min(f1 + 1, feat_rows), (r0, r1)
 
 
-def _band_sums(logits, aux_logits, first, rows, labels, stride, w_bd, ksize, ignore_index):
+def _band_sums(logits, aux_logits, first, rows, labels, stride, w_bd, ksize, ignore_index, class_weights=None):
     """Weighted CE sums (float64) of both logit bands over input rows ``rows``."""
     r0, r1 = rows
     p = ksize // 2
     h0, h1 = max(r0 - p, 0), min(r1 + p, labels.shape[-2])  # the Sobel window's halo
     lab = labels[..., h0:h1, :]
-    w = boundary_weights(lab, ksize, w_bd, ignore_index)[..., r0 - h0: r1 - h0, :]
+    w = boundary_weights(lab, ksize, w_bd, ignore_index, class_weights)[..., r0 - h0: r1 - h0, :]
     target = lab[..., r0 - h0: r1 - h0, :].long()
     ign = -100 if ignore_index is None else ignore_index
     sums = []
@@ -240,6 +247,7 @@ def banded_bae_loss(
     ksize: int = 5,
     ignore_index: int | None = 255,
     band_bytes: int = 64 << 20,
+    class_weights: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(seg, aux) weighted cross-entropies of logits at ``stride`` against input-size ``labels``.
 
@@ -258,7 +266,8 @@ def banded_bae_loss(
     # At least 32 bands, so band memory is a share of the scene (linear in pixels, as the planner
     # assumes), and none over band_bytes.
     band_rows = max(1, min(band_bytes // max(1, n * c * w * 4 * stride), -(-hf // 32)))
-    seg, aux = _BandedBAE.apply(logits, aux_logits, labels, stride, w_bd, ksize, ignore_index, band_rows)
+    seg, aux = _BandedBAE.apply(logits, aux_logits, labels, stride, w_bd, ksize, ignore_index, band_rows,
+                                None if class_weights is None else tuple(class_weights))
     count = (labels != ignore_index).sum() if ignore_index is not None else torch.tensor(labels.numel())
     count = count.clamp(min=1).to(seg.dtype)
     return seg / count, aux / count

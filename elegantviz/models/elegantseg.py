@@ -19,12 +19,13 @@ from .depthwise import DepthwiseImpl
 from .ecr import ECR, AttentionNorm, ECRForm, Evidence, logit_margin
 from .heads import FCNHead
 from .mlk import LRD, MLK, Fusion
+from .coarse import CoarseContext
 from .scan import GlobalSweep
 
 __all__ = ["ElegantSeg", "SegOutput", "Segment", "Evidence", "ContextModule"]
 
 ContextModule = Literal["mlk", "lrd", "none"]
-GlobalPath = Literal["none", "sweep"]
+GlobalPath = Literal["none", "sweep", "coarse"]
 
 
 @dataclass
@@ -51,9 +52,11 @@ class ElegantSeg(nn.Module):
     ``context='mlk'`` is ElegantSeg's multiple large kernel module, ``'lrd'`` EHSNet's
     long-range dependency module, ``'none'`` a 1x1 projection to ``dim`` (ablation);
     ``use_ecr=False`` skips ECR (ablation), ``ecr_form='paper'`` runs it as Algorithm 1 writes it
-    (see :mod:`.ecr`). ``channels_last=True`` runs the network in
-    channels_last memory format (faster for HRNet on CPU; the model must also be moved with
-    ``.to(memory_format=torch.channels_last)``, which :func:`build_model` does).
+    (see :mod:`.ecr`). ``global_path`` adds a path across the whole scene (:mod:`.coarse`,
+    :mod:`.scan`); ``freeze_backbone`` trains only what follows the backbone.
+    ``channels_last=True`` runs the network in channels_last memory format (faster for HRNet on
+    CPU; the model must also be moved with ``.to(memory_format=torch.channels_last)``, which
+    :func:`build_model` does).
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class ElegantSeg(nn.Module):
         dropout: float = 0.1,
         channels_last: bool = False,
         global_path: GlobalPath = "none",
+        freeze_backbone: bool = False,
     ):
         super().__init__()
         if num_classes < 2:
@@ -90,6 +94,9 @@ class ElegantSeg(nn.Module):
         self.output_stride = output_stride
         self.channels_last = channels_last
         self.backbone = HRNetBackbone(backbone, in_chans, output_stride, pretrained, pretrained_file)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:  # fine-tuning what follows it on features already learned (its BN in eval mode)
+            self.backbone.requires_grad_(False)
         c = self.backbone.out_channels
         self.aux_head = FCNHead(c, num_classes, c, head_kernel_size, dropout)
         if context == "mlk":
@@ -102,11 +109,40 @@ class ElegantSeg(nn.Module):
             self.context = nn.Conv2d(c, dim, 1)
         else:
             raise ValueError(f"unknown context module {context!r}")
-        if global_path not in ("none", "sweep"):
-            raise ValueError(f"unknown global path {global_path!r}; choose none or sweep")
+        if global_path not in ("none", "sweep", "coarse"):
+            raise ValueError(f"unknown global path {global_path!r}; choose none, sweep or coarse")
+        self.global_path = global_path
         self.sweep = GlobalSweep(dim) if global_path == "sweep" else None
+        self.coarse = CoarseContext(dim, kernel_sizes=kernel_sizes, depthwise_impl=depthwise_impl) \
+            if global_path == "coarse" else None
         self.ecr = ECR(dim, hard_ratio, attention_norm, ecr_form) if use_ecr else None
         self.head = FCNHead(dim, num_classes, dim, head_kernel_size, dropout)
+
+    init_roles = ("base",)
+
+    def train(self, mode: bool = True) -> "ElegantSeg":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def load_role(self, role: str, state: dict[str, torch.Tensor]) -> None:
+        """``base``: an ElegantSeg checkpoint of the same network, with or without the global path.
+        Its weights are copied; a global path it lacks keeps its initialisation (a zero residual,
+        so the model starts as the checkpoint's), which is how a path is added to a trained model."""
+        if role != "base":
+            raise ValueError(f"ElegantSeg takes no {role!r} checkpoint (it takes: base)")
+        own = self.state_dict()
+        path = ("sweep.", "coarse.")
+        missing = [k for k in own if k not in state and not k.startswith(path)]
+        extra = [k for k in state if k not in own]
+        shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        if missing or extra or shaped:
+            name, keys = next((n, ks) for n, ks in (("missing", missing), ("unexpected", extra),
+                                                    ("misshaped", shaped)) if ks)
+            raise ValueError(f"{len(keys)} {name} weights ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        self.load_state_dict({**own, **{k: v for k, v in state.items()}})
 
     def segments(self) -> list[Segment]:
         """The local parts that follow the backbone, in forward order: the auxiliary head, the
@@ -134,6 +170,8 @@ class ElegantSeg(nn.Module):
         del feats  # 3 GB at 6800x7200: what backward needs of it is saved (or spilled) already
         if self.sweep is not None:
             x = self.sweep(x)
+        if self.coarse is not None:
+            x = self.coarse(x)
         evidence = None
         if self.ecr is not None:
             x, evidence = self.ecr(x, aux, return_evidence)
