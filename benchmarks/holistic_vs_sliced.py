@@ -110,6 +110,11 @@ def main() -> None:
                          "river_iou": iou("river"), "pond_iou": iou("pond"),
                          "river_as_pond_px": pair(0), "pond_as_river_px": pair(1),
                          "river_pond_confused_px": pair(0) + pair(1)}
+        if big:  # does the arm fit its own training scenes? (a river/pond error here is not one of generalising)
+            predict_scene(ckpt, big[0], mode=mode, name=mode, crop=args.crop, progress=False)
+            fit = evaluate_scene(big[0], pred=mode, write_error_map=False, progress=False)
+            results[mode]["train_scene"] = {"scene": big[0], "river_iou": fit["per_class"]["river"]["iou"],
+                                            "pond_iou": fit["per_class"]["pond"]["iou"]}
         print(mode, json.dumps(results[mode]), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))  # each arm as soon as it is done

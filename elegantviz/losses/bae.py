@@ -111,7 +111,7 @@ def boundary_weights(
     valid = labels != ignore_index if ignore_index is not None else torch.ones_like(labels, dtype=torch.bool)
     if class_weights is not None:
         table = torch.as_tensor(class_weights, dtype=torch.float32, device=labels.device)
-        w = w * table[torch.where(valid, labels.long(), 0).clamp(max=len(table) - 1)]
+        w = w * table[torch.where(valid, labels.long(), 0)]
     return w * valid
 
 

@@ -15,11 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import HRNetBackbone
+from .coarse import CoarseContext
 from .depthwise import DepthwiseImpl
 from .ecr import ECR, AttentionNorm, ECRForm, Evidence, logit_margin
 from .heads import FCNHead
 from .mlk import LRD, MLK, Fusion
-from .coarse import CoarseContext
 from .scan import GlobalSweep
 
 __all__ = ["ElegantSeg", "SegOutput", "Segment", "Evidence", "ContextModule"]
@@ -142,7 +142,7 @@ class ElegantSeg(nn.Module):
             name, keys = next((n, ks) for n, ks in (("missing", missing), ("unexpected", extra),
                                                     ("misshaped", shaped)) if ks)
             raise ValueError(f"{len(keys)} {name} weights ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
-        self.load_state_dict({**own, **{k: v for k, v in state.items()}})
+        self.load_state_dict({**own, **state})
 
     def segments(self) -> list[Segment]:
         """The local parts that follow the backbone, in forward order: the auxiliary head, the
