@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from _report import models_picture
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -109,12 +111,11 @@ def main() -> None:
                          "miou": sum(s["miou"] for s in scores) / len(scores),
                          "river_iou": iou("river"), "pond_iou": iou("pond"),
                          "river_as_pond_px": pair(0), "pond_as_river_px": pair(1),
-                         "river_pond_confused_px": pair(0) + pair(1)}
+                         "river_pond_confused_px": pair(0) + pair(1), "per_scene": [_water(s) for s in scores]}
         if big:  # does the arm fit its own training scenes? (a river/pond error here is not one of generalising)
             predict_scene(ckpt, big[0], mode=mode, name=mode, crop=args.crop, progress=False)
             fit = evaluate_scene(big[0], pred=mode, write_error_map=False, progress=False)
-            results[mode]["train_scene"] = {"scene": big[0], "river_iou": fit["per_class"]["river"]["iou"],
-                                            "pond_iou": fit["per_class"]["pond"]["iou"]}
+            results[mode]["train_scene"] = {"scene": big[0], **_water(fit)}
         print(mode, json.dumps(results[mode]), flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))  # each arm as soon as it is done
@@ -123,24 +124,14 @@ def main() -> None:
     print(f"river<->pond confused pixels: holistic {h:,d}, sliced {s:,d} (ratio {results['confusion_ratio']})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
-    _picture(tests[0].url, Path(args.picture))
+    models_picture(tests[0].url, ["holistic", "sliced"], Path(args.picture))
     print("wrote", args.out, "and", args.picture)
 
 
-def _picture(url: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from elegantviz.analysis.gallery import scene_rgb
-    from elegantviz.io.store import open_scene
-    from elegantviz.viz import plots
-
-    scene = open_scene(url)
-    panels = {"image": scene_rgb(scene)}
-    for name in ("gt", "holistic", "sliced"):
-        panels[{"gt": "ground truth"}.get(name, name)] = plots.colorize(scene.label(name).compute(), scene.classes)
-    fig = plots.panels_figure(panels, ncols=4, size=4.0)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+def _water(report: dict) -> dict:
+    """A scene report's river and pond IoU and river<->pond confused pixels."""
+    return {"river_iou": report["per_class"]["river"]["iou"], "pond_iou": report["per_class"]["pond"]["iou"],
+            "river_pond_confused_px": sum(p["pixels"] for p in report["pairs"][:2])}
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from elegantviz.config import TrainConfig, config_from_dict
 from elegantviz.data.datasets import Normalization
 from elegantviz.errors import InputError
 from elegantviz.models.registry import PRESETS, build_model
+from elegantviz.models.state import state_mismatch
 
 
 @dataclass
@@ -161,12 +162,8 @@ def start_from_stages(model: torch.nn.Module, cfg: TrainConfig, where: str) -> N
 def fit_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     """Load ``state`` into ``model``, or name what does not fit (missing, extra or reshaped weights:
     a class table, band count or config other than the weights were trained with)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    shaped = [f"{k} is {tuple(state[k].shape)}, the model's {tuple(v.shape)}" for k, v in own.items()
-              if isinstance(state.get(k), torch.Tensor) and state[k].shape != v.shape]
-    junk = [k for k in own if k in state and not isinstance(state[k], torch.Tensor)]
+    missing, extra, misshaped, junk = state_mismatch(model.state_dict(), state)
+    shaped = [f"{k} is {theirs}, the model's {ours}" for k, theirs, ours in misshaped]
     parts = ([f"missing {', '.join(missing[:2])}{' ...' if len(missing) > 2 else ''}"] if missing else []) + \
             ([f"unexpected {', '.join(extra[:2])}{' ...' if len(extra) > 2 else ''}"] if extra else []) + shaped[:2] + \
             ([f"{junk[0]} is not a tensor"] if junk else [])

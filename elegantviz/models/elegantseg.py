@@ -21,6 +21,7 @@ from .ecr import ECR, AttentionNorm, ECRForm, Evidence, logit_margin
 from .heads import FCNHead
 from .mlk import LRD, MLK, Fusion
 from .scan import GlobalSweep
+from .state import state_mismatch
 
 __all__ = ["ElegantSeg", "SegOutput", "Segment", "Evidence", "ContextModule"]
 
@@ -133,14 +134,11 @@ class ElegantSeg(nn.Module):
         if role != "base":
             raise ValueError(f"ElegantSeg takes no {role!r} checkpoint (it takes: base)")
         own = self.state_dict()
-        path = ("sweep.", "coarse.")
-        missing = [k for k in own if k not in state and not k.startswith(path)]
-        extra = [k for k in state if k not in own]
-        shaped = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
-        if missing or extra or shaped:
-            name, keys = next((n, ks) for n, ks in (("missing", missing), ("unexpected", extra),
-                                                    ("misshaped", shaped)) if ks)
+        missing, extra, misshaped, junk = state_mismatch(own, state, optional=("sweep.", "coarse."))
+        shaped = [f"{k} {theirs} != {ours}" for k, theirs, ours in misshaped]
+        faults = (("missing", missing), ("unexpected", extra), ("misshaped", shaped), ("non-tensor", junk))
+        name, keys = next(((n, ks) for n, ks in faults if ks), (None, []))
+        if keys:
             raise ValueError(f"{len(keys)} {name} weights ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
         self.load_state_dict({**own, **state})
 
